@@ -1,0 +1,3 @@
+from codeinterp.worker.main import main
+
+main()

@@ -1,0 +1,187 @@
+"""Capturing a cell's stdout and stderr inside the process that runs it.
+
+- `EmitStream` replaces `sys.stdout` / `sys.stderr`: text is batched (by size, and by time via
+  a flusher thread) so a flood of tiny prints costs few messages, yet output still streams.
+- `FdCapture` points file descriptors 1 and 2 at pipes read by threads, so output written
+  below Python (`os.system`, C libraries, child processes) is captured too, and can be
+  drained at the end of a cell so it lands in the right one.
+
+Undecodable bytes become U+FFFD: output must never crash the session.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from codeinterp.outputs import Output, Stream, StreamName
+
+FLUSH_CHARS = 16_384
+FLUSH_INTERVAL_S = 0.05
+
+
+class _BytesToText(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes written here are decoded and join the text stream."""
+
+    def __init__(self, stream: EmitStream) -> None:
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._stream.write(self._decoder.decode(bytes(b)))
+        return len(b)
+
+
+class OutputMux:
+    """Batches text of both streams in write order and forwards it, with displays, to `send`.
+
+    One buffer for stdout and stderr keeps their interleaving; a display flushes the text
+    before it, so the order a person saw is the order the host receives.
+    """
+
+    def __init__(self, send: Callable[[Output], None]) -> None:
+        self._send = send
+        self._lock = threading.RLock()
+        self._parts: list[tuple[StreamName, str]] = []
+        self._size = 0
+
+    def write(self, name: StreamName, text: str) -> None:
+        with self._lock:
+            if self._parts and self._parts[-1][0] == name:
+                self._parts[-1] = (name, self._parts[-1][1] + text)
+            else:
+                self._parts.append((name, text))
+            self._size += len(text)
+            if self._size >= FLUSH_CHARS:
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            parts, self._parts, self._size = self._parts, [], 0
+            for name, text in parts:
+                self._send(Stream(name, text))
+
+    def emit(self, output: Output) -> None:
+        """Send any output (a `CellRunner`'s emit), keeping order with buffered text."""
+        with self._lock:
+            if isinstance(output, Stream):
+                self.write(output.name, output.text)
+            else:
+                self.flush()
+                self._send(output)
+
+
+class EmitStream(io.TextIOBase):
+    """A text stream (`sys.stdout` / `sys.stderr`) writing into an `OutputMux`."""
+
+    def __init__(self, name: StreamName, mux: OutputMux, fd: int | None = None) -> None:
+        self.name = name
+        self._mux = mux
+        self._fd = fd  # the captured descriptor behind this stream, if there is one
+        self.buffer = _BytesToText(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise io.UnsupportedOperation("this stream has no file descriptor")
+        return self._fd
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if s:
+            self._mux.write(self.name, s)
+        return len(s)
+
+    def flush(self) -> None:
+        self._mux.flush()
+
+
+class Flusher:
+    """Flushes streams periodically so output appears while a cell is still running."""
+
+    def __init__(self, mux: OutputMux) -> None:
+        self._mux = mux
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="codeinterp-flusher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self._mux.flush()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class FdCapture:
+    """Redirects a file descriptor (1 or 2) into an `EmitStream` through a pipe and a thread."""
+
+    def __init__(self, fd: int, stream: EmitStream) -> None:
+        self._fd = fd
+        self._stream = stream  # writes go to the mux; .buffer is not used from this thread
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, fd)  # children inherit fd 1/2 and so write into our pipe
+        os.close(write_fd)
+        self._read_fd = read_fd
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._marker = b""
+        self._marker_seen = threading.Event()
+        self._drain_count = 0
+        self._thread = threading.Thread(target=self._run, name=f"codeinterp-fd{fd}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            pending += chunk
+            marker = self._marker
+            if marker and marker in pending:
+                before, _, pending = pending.partition(marker)
+                self._stream.write(self._decoder.decode(before))
+                self._marker_seen.set()
+            # Keep back a possible beginning of the drain marker (it starts with a NUL byte).
+            cut = pending.rfind(b"\0")
+            keep = pending[cut:] if cut >= 0 and marker.startswith(pending[cut:]) else b""
+            ready = pending[: len(pending) - len(keep)]
+            pending = keep
+            if ready:
+                self._stream.write(self._decoder.decode(ready))
+
+    def drain(self, timeout_s: float = 0.5) -> None:
+        """Wait until everything written to the fd so far has reached the stream."""
+        self._drain_count += 1
+        self._marker = f"\0codeinterp-drain-{os.getpid()}-{self._drain_count}\0".encode()
+        self._marker_seen.clear()
+        deadline = time.monotonic() + timeout_s
+        try:
+            os.write(self._fd, self._marker)
+        except OSError:
+            return
+        self._marker_seen.wait(max(0.0, deadline - time.monotonic()))
