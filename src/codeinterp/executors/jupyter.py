@@ -49,18 +49,19 @@ START_TIMEOUT_S = 60.0
 CLOSE_BUDGET_S = 2.0  # ask, then SIGTERM, then SIGKILL, within this
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_DISPLAYS = ("display_data", "update_display_data", "execute_result")
 
 Message = dict[str, Any]
 
 
-def _strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
-
-
-def _clean_traceback(lines: list[str]) -> list[str]:
+def _error(content: Message) -> Error:
     """ANSI codes stripped and IPython's `-----` ruler dropped: ename/evalue plus frames."""
-    cleaned = (_strip_ansi(line) for line in lines)
-    return [line for line in cleaned if line.strip().strip("-")]
+    lines = (_ANSI.sub("", str(line)) for line in content.get("traceback") or [])
+    return Error(
+        _ANSI.sub("", str(content.get("ename", ""))),
+        _ANSI.sub("", str(content.get("evalue", ""))),
+        [line for line in lines if line.strip().strip("-")],
+    )
 
 
 def _descendants(root: int) -> list[int]:
@@ -68,18 +69,14 @@ def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    stat = Path(entry.path, "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
                 children.setdefault(ppid, []).append(int(entry.name))
     found, todo = [], [root]
     while todo:
-        for pid in children.get(todo.pop(), []):
-            found.append(pid)
-            todo.append(pid)
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
     return found
 
 
@@ -104,8 +101,11 @@ class _Kernel:
             spec.argv += ["-f", "{connection_file}"]
         with open(self.log, "wb") as log:
             self.km.start_kernel(cwd=str(workspace), env=env, stdout=subprocess.DEVNULL, stderr=log)
-        self.proc: subprocess.Popen[bytes] | None = getattr(self.km.provisioner, "process", None)
-        self.pid: int | None = None if self.proc is None else self.proc.pid
+        provisioner: Any = self.km.provisioner  # the LocalProvisioner: a Popen we can watch
+        self.proc: subprocess.Popen[bytes] = provisioner.process
+        self.pid = self.proc.pid
+        # jupyter_client starts local kernels in a session of their own; we signal that group.
+        self.own_group = os.getpgid(self.pid) == self.pid != os.getpgrp()
         self.kc: Any = self.km.client()
         self.kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         self._poller = zmq.Poller()
@@ -115,91 +115,70 @@ class _Kernel:
     def wait_ready(self, timeout_s: float) -> None:
         """Wait for a kernel_info reply *and* its iopub status, proving iopub is subscribed."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            msg_id, sent, replied = self.kc.kernel_info(), time.monotonic(), False
-            # Resend after 1 s of silence, or 0.2 s after a reply whose iopub status was lost.
-            while time.monotonic() - sent < (1.0 if not replied else 0.2):
-                for channel, msg in self.receive(POLL_S):
-                    if msg["parent_header"].get("msg_id") == msg_id:
-                        if channel == "iopub" and replied:
-                            return
-                        replied = replied or channel == "shell"
-                cause = self.exit_cause()
-                if cause is not None:
-                    raise SessionStartError(
-                        f"The kernel died while starting ({cause}).{self.tail()}"
-                    )
-                if time.monotonic() > deadline:
-                    raise SessionStartError(
-                        f"The kernel did not answer within {timeout_s:.0f} s.{self.tail()}"
-                    )
+        msg_id, kinds, replied_at = self.kc.kernel_info(), set[str](), 0.0
+        while not {"kernel_info_reply", "status"} <= kinds:
+            for msg in self.receive(POLL_S):
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    kinds.add(msg["msg_type"])
+                    replied_at = replied_at or time.monotonic()
+            if replied_at and time.monotonic() - replied_at > 0.2 and "status" not in kinds:
+                msg_id, kinds, replied_at = self.kc.kernel_info(), set[str](), 0.0  # iopub was late
+            if (cause := self.exit_cause()) is not None:
+                raise SessionStartError(f"The kernel died while starting ({cause}).{self.tail()}")
+            if time.monotonic() > deadline:
+                raise SessionStartError(f"The kernel did not answer in {timeout_s} s.{self.tail()}")
 
     def tail(self) -> str:
+        """The end of the kernel's stderr, to explain a failed start."""
         with contextlib.suppress(OSError):
             text = self.log.read_bytes()[-2000:].decode(errors="replace").strip()
-            return f" Its last words:\n{text}" if text else ""
+            return f" Its stderr ends with:\n{text}" if text else ""
         return ""
 
-    def receive(self, timeout_s: float) -> list[tuple[str, Message]]:
-        """Every message ready on iopub and shell, after waiting at most `timeout_s` for one."""
+    def receive(self, timeout_s: float) -> list[Message]:
+        """Every message ready on iopub, then shell, after waiting at most `timeout_s` for one."""
         ready = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
         msgs = []
-        for name, channel in (("iopub", self.kc.iopub_channel), ("shell", self.kc.shell_channel)):
-            if channel.socket in ready:
-                while channel.msg_ready():
-                    msgs.append((name, channel.get_msg(timeout=0)))
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel):
+            while channel.socket in ready and channel.msg_ready():
+                msgs.append(channel.get_msg(timeout=0))
         return msgs
 
     def exit_cause(self) -> str | None:
         """Why the kernel process ended ("signal 11 (SIGSEGV)", "exit 3"), or None if alive."""
-        if self.proc is not None:
-            code = self.proc.poll()
-            return None if code is None else describe_exit(code)
-        return None if self.km.is_alive() else describe_exit(None)
+        code = self.proc.poll()
+        return None if code is None else describe_exit(code)
 
     def interrupt(self) -> None:
         with contextlib.suppress(RuntimeError, OSError):
             self.km.interrupt_kernel()
 
-    def _signal_group(self, signum: int) -> None:
-        """Signal the kernel's process group (jupyter_client starts it in a new session)."""
-        if self.pid is None:
-            return
+    def _signal(self, signum: int) -> None:
         with contextlib.suppress(OSError):
-            if self.pid > 1 and os.getpgid(self.pid) == self.pid != os.getpgrp():
+            if self.own_group:  # the group outlives its leader while user daemons are in it
                 os.killpg(self.pid, signum)
-                return
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
+            elif self.proc.poll() is None:
+                self.proc.send_signal(signum)
 
-    def _wait(self, timeout_s: float) -> bool:
-        if self.proc is None:
-            return self.exit_cause() is not None
+    def _wait(self, timeout_s: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout_s)
-        return self.proc.poll() is not None
 
     def stop(self, *, ask: bool) -> None:
-        """Ask, then SIGTERM, then SIGKILL the kernel's group; then every leftover descendant."""
-        budget = CLOSE_BUDGET_S / 2
-        strays = _descendants(self.pid) if self.pid and self.exit_cause() is None else []
-        if ask and self.exit_cause() is None:
+        """Ask, then SIGTERM, then SIGKILL the kernel's group; then its other descendants."""
+        strays = _descendants(self.pid) if self.proc.poll() is None else []
+        if ask and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self.km.request_shutdown()
-            self._wait(budget)
-        if self.exit_cause() is None:
-            self._signal_group(signal.SIGTERM)
-            self._wait(budget)
-        # Kill the group even when the kernel is gone: daemon children of user code live there.
-        with contextlib.suppress(OSError):
-            if self.pid and self.pid > 1 and self.pid != os.getpgrp():
-                os.killpg(self.pid, signal.SIGKILL)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        for pid in strays:
+            self._wait(CLOSE_BUDGET_S / 4)
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            self._wait(CLOSE_BUDGET_S / 4)
+        self._signal(signal.SIGKILL)  # even when the kernel is gone: its daemons are in the group
+        for pid in strays:  # children that left the group (setsid), seen alive above
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        self._wait(budget)
+        self._wait(CLOSE_BUDGET_S / 2)
         self.kc.stop_channels()
         with contextlib.suppress(Exception):
             self.km.cleanup_resources()
@@ -208,22 +187,14 @@ class _Kernel:
 class JupyterSession:
     """A live kernel whose cwd is the workspace; a lost kernel is replaced on the same one."""
 
-    def __init__(
-        self,
-        kernel_name: str,
-        *,
-        workspace: Path | None,
-        timeout_s: float,
-        max_output_chars: int,
-        interrupt_grace_s: float,
-    ) -> None:
+    def __init__(self, executor: JupyterExecutor, workspace: Path | None) -> None:
         self.id = uuid.uuid4().hex
         self._ws = Workspace(workspace)
         self.workspace = self._ws.path
-        self._kernel_name = kernel_name
-        self._timeout_s = timeout_s
-        self._max_chars = max_output_chars
-        self._grace_s = interrupt_grace_s
+        self._kernel_name = executor.kernel_name
+        self._timeout_s = executor.timeout_s
+        self._max_chars = executor.max_output_chars
+        self._grace_s = executor.interrupt_grace_s
         self._rundir = Path(tempfile.mkdtemp(prefix="codeinterp-jk-"))  # short: socket paths
         self._busy = threading.Lock()  # held by whoever drives the kernel's sockets
         self._state = SessionState.STARTING
@@ -245,20 +216,18 @@ class JupyterSession:
 
     @property
     def kernel_pid(self) -> int | None:
-        """The current kernel's process id (None between a loss and the next execute)."""
+        """The kernel's process id; None between a loss and the next execute."""
         return None if self._kernel is None else self._kernel.pid
 
     def _start(self) -> _Kernel:
         self._state = SessionState.STARTING
         try:
             kernel = _Kernel(self._kernel_name, self.workspace, self._rundir)
-        except SessionStartError:
-            raise
         except Exception as exc:
             self._state = SessionState.DEAD
             raise SessionStartError(
                 f"Could not start the Jupyter kernel {self._kernel_name!r}: {exc}. "
-                "Check that it runs with `jupyter console --kernel NAME`."
+                f"Check that `jupyter console --kernel {self._kernel_name}` works."
             ) from exc
         try:
             kernel.wait_ready(START_TIMEOUT_S)
@@ -283,18 +252,18 @@ class JupyterSession:
             if self._kernel is None:
                 self._kernel = self._start()
             self._state = SessionState.BUSY
-            collector = OutputCollector(max_chars=self._max_chars, on_output=on_output)
+            out = OutputCollector(max_chars=self._max_chars, on_output=on_output)
             limit = self._timeout_s if timeout_s is None else timeout_s
-            return self._run(self._kernel, code, limit, collector)
+            return self._run(self._kernel, code, limit, out)
         finally:
             if self._state is SessionState.BUSY:
                 self._state = SessionState.IDLE
             self._busy.release()
 
     def _run(self, kernel: _Kernel, code: str, limit: float, out: OutputCollector) -> Execution:
+        """Wait for this request's idle status and reply; interrupt, then kill, at the limit."""
         msg_id = kernel.kc.execute(code, allow_stdin=False, stop_on_error=False)
-        deadline = time.monotonic() + limit
-        interrupted = False
+        deadline, interrupted = time.monotonic() + limit, False
         error: Error | None = None
         count: int | None = None
         idle = replied = False
@@ -304,45 +273,31 @@ class JupyterSession:
                 return self._lose(kernel, out, error, self._stop_reason, timed_out=False)
             if now >= deadline and not interrupted:
                 kernel.interrupt()
-                interrupted, deadline = True, now + self._grace_s
+                deadline, interrupted = now + self._grace_s, True
             elif now >= deadline:
                 lost = "timeout: the kernel ignored the interrupt and was killed"
                 return self._lose(kernel, out, error, lost, timed_out=True)
             msgs = kernel.receive(min(POLL_S, deadline - now))
-            for channel, msg in msgs:
+            for msg in msgs:
                 if msg["parent_header"].get("msg_id") != msg_id:
-                    continue  # an earlier request's leftovers
-                if channel == "shell" and msg["msg_type"] == "execute_reply":
-                    replied, count = True, msg["content"].get("execution_count")
-                elif channel == "iopub":
-                    idle = idle or self._handle(msg, out) == "idle"
-                    if msg["msg_type"] == "error":
-                        error = self._error(msg["content"])
+                    continue  # an earlier request's leftovers, e.g. of a timed-out cell
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "execute_reply":
+                    replied, count = True, content.get("execution_count")
+                elif kind == "status":
+                    idle = idle or content.get("execution_state") == "idle"
+                elif kind == "error":
+                    error = _error(content)
+                elif kind == "stream":
+                    stderr = content.get("name") == "stderr"
+                    out.stream("stderr" if stderr else "stdout", str(content.get("text", "")))
+                elif kind in _DISPLAYS:
+                    data = decode_bundle(content.get("data") or {})
+                    meta = dict(content.get("metadata") or {})
+                    out.display(Display(data, meta, is_result=kind == "execute_result"))
             if not msgs and (cause := kernel.exit_cause()) is not None:
                 return self._lose(kernel, out, error, cause, timed_out=interrupted)
         return out.finish(error=error, execution_count=count, timed_out=interrupted)
-
-    @staticmethod
-    def _handle(msg: Message, out: OutputCollector) -> str | None:
-        """Feed one iopub message to the collector; returns the kernel status if it is one."""
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "status":
-            return str(content.get("execution_state"))
-        if kind == "stream":
-            out.stream("stderr" if content.get("name") == "stderr" else "stdout", content["text"])
-        elif kind in ("display_data", "update_display_data", "execute_result"):
-            data = decode_bundle(content.get("data") or {})
-            meta = dict(content.get("metadata") or {})
-            out.display(Display(data, meta, is_result=kind == "execute_result"))
-        return None
-
-    @staticmethod
-    def _error(content: Message) -> Error:
-        return Error(
-            _strip_ansi(str(content.get("ename", ""))),
-            _strip_ansi(str(content.get("evalue", ""))),
-            _clean_traceback([str(line) for line in content.get("traceback") or []]),
-        )
 
     def _lose(
         self, kernel: _Kernel, out: OutputCollector, error: Error | None, lost: str, timed_out: bool
@@ -419,8 +374,8 @@ class JupyterExecutor:
         except NoSuchKernel as exc:
             names = ", ".join(sorted(specs.find_kernel_specs())) or "none"
             raise ConfigError(
-                f"No Jupyter kernel named {kernel_name!r} (installed: {names}). Install one, "
-                "e.g. `python -m ipykernel install --user`, or pass one of those names."
+                f"No Jupyter kernel named {kernel_name!r} (installed: {names}). Pass one of "
+                "those, or install one, e.g. `python -m ipykernel install --user`."
             ) from exc
         self.kernel_name = kernel_name
         self.timeout_s = timeout_s
@@ -432,13 +387,7 @@ class JupyterExecutor:
     def open(self, *, workspace: Path | None = None) -> JupyterSession:
         if self._closed:
             raise SessionClosed("executor", "open a session")
-        session = JupyterSession(
-            self.kernel_name,
-            workspace=workspace,
-            timeout_s=self.timeout_s,
-            max_output_chars=self.max_output_chars,
-            interrupt_grace_s=self.interrupt_grace_s,
-        )
+        session = JupyterSession(self, workspace)
         self._sessions.add(session)
         return session
 
