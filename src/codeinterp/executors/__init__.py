@@ -30,6 +30,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "codeinterp.executors"
 
 BUILTIN = {
+    "sandbox": "codeinterp.executors.sandbox:SandboxExecutor",
     "jupyter": "codeinterp.executors.jupyter:JupyterExecutor",
     "repl": "codeinterp.executors.repl:ReplExecutor",
     "subprocess": "codeinterp.executors.subprocess:SubprocessExecutor",

@@ -1,10 +1,9 @@
 """The `jupyter` backend: any Jupyter kernel (Python, R, Julia, bash...) through jupyter_client.
 
-It fixes what stock Jupyter usage got wrong here (see SANDBOX-NOTES.md): kernels talk over the
-`ipc` transport in a private directory, so concurrent starts never race for TCP ports; every
-message is routed by its parent `msg_id`, so a timed-out cell never leaks into the next one; a
-dead kernel is noticed within `POLL_S`, not at the timeout; and stopping a kernel kills its
-whole process group, so no child of user code outlives the session.
+It fixes what stock Jupyter usage got wrong (SANDBOX-NOTES.md): the `ipc` transport in a private
+directory (concurrent starts never race for TCP ports); messages routed by parent `msg_id` (a
+timed-out cell never leaks into the next); death noticed within `POLL_S`, not at the timeout;
+and stopping a kernel kills its process group, so no child of user code outlives the session.
 """
 
 from __future__ import annotations
@@ -24,23 +23,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from codeinterp.errors import (
-    ConfigError,
-    DependencyMissing,
-    SessionBusy,
-    SessionClosed,
-    SessionStartError,
-)
-from codeinterp.executors.base import (
-    DEFAULT_INTERRUPT_GRACE_S,
-    DEFAULT_MAX_OUTPUT_CHARS,
-    DEFAULT_TIMEOUT_S,
-    Capabilities,
-    OnOutput,
-    SessionState,
-    Workspace,
-    describe_exit,
-)
+from codeinterp import errors
+from codeinterp.executors import base
+from codeinterp.executors.base import Capabilities, OnOutput, SessionState, Workspace, describe_exit
 from codeinterp.executors.collect import OutputCollector
 from codeinterp.outputs import Display, Error, Execution, decode_bundle
 
@@ -48,36 +33,64 @@ POLL_S = 0.1  # a silent kernel is checked for death this often
 START_TIMEOUT_S = 60.0
 CLOSE_BUDGET_S = 2.0  # ask, then SIGTERM, then SIGKILL, within this
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# -s -P: no user site-packages, and no module planted in the workspace (the cwd) runs at start.
+PYTHON_KERNEL_ARGS = ["-s", "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_DISPLAYS = ("display_data", "update_display_data", "execute_result")
 
-Message = dict[str, Any]
+# Run silently in each new Python kernel. ipykernel buffers stdout and stderr apart, so their
+# order was lost: flush the other stream before writing to one. `write` is a property because
+# IPython re-patches it per cell (a restore of the plain method means ours). Add `.buffer`.
+# Bytes written to fd 1/2 just before a cell ended came after its reply: after each cell, send a
+# mark down each fd's pipe and wait until ipykernel's reader thread has passed it.
+_PY_SETUP = """
+def _codeinterp_setup():
+    import codecs, fcntl, io, os, sys, termios, threading, time
+    from ipykernel.iostream import OutStream
+    class Bytes(io.RawIOBase):
+        def writable(self): return True
+        def write(self, data): self.text.write(self.decode(bytes(data))); return len(data)
+    last, mark = [], "\\x00codeinterp-sync\\x00"
+    class OrderedOutStream(OutStream):
+        def _ordered_write(self, text):
+            marked, text = mark in text, text.replace(mark, "")
+            if text:
+                if last and last[0] is not self: last[0].flush()
+                last[:] = [self]
+                OutStream.write(self, text)
+            if marked: self.synced.set()
+            return len(text)
+        def _set_write(self, fn):
+            plain = getattr(fn, "__func__", None) is OutStream.write
+            self.__dict__["_patched_write"] = None if plain else fn
+        write = property(lambda s: s.__dict__.get("_patched_write") or s._ordered_write, _set_write)
+    streams = [s for s in (sys.stdout, sys.stderr) if type(s) is OutStream]
+    watched = [s for s in streams if getattr(s, "watch_fd_thread", None) is not None]
+    for stream in streams:
+        stream.__dict__.pop("write", None)
+        stream.__class__, stream.synced, stream.buffer = OrderedOutStream, threading.Event(), Bytes()
+        stream.buffer.text, stream.buffer.decode = stream, codecs.getincrementaldecoder("utf-8")("replace").decode
+    for stream in watched:  # stop echoing fd output to the kernel's log file
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream._original_stdstream_copy)
+    def sync_fd_output(*args):  # drain each pipe first, so its mark is read in one piece
+        for stream in watched:
+            for _ in range(100):
+                if fcntl.ioctl(stream._fid, termios.FIONREAD, bytes(4)) == bytes(4): break
+                time.sleep(0.001)
+            stream.synced.clear()
+            os.write(stream._original_stdstream_fd, mark.encode())
+        for stream in watched:
+            stream.synced.wait(0.5)
+    get_ipython().events.register("post_execute", sync_fd_output)
+_codeinterp_setup()
+del _codeinterp_setup
+"""
 
 
-def _error(content: Message) -> Error:
+def _error(content: dict[str, Any]) -> Error:
     """ANSI codes stripped and IPython's `-----` ruler dropped: ename/evalue plus frames."""
+    ename, evalue = (_ANSI.sub("", str(content.get(key, ""))) for key in ("ename", "evalue"))
     lines = (_ANSI.sub("", str(line)) for line in content.get("traceback") or [])
-    return Error(
-        _ANSI.sub("", str(content.get("ename", ""))),
-        _ANSI.sub("", str(content.get("evalue", ""))),
-        [line for line in lines if line.strip().strip("-")],
-    )
-
-
-def _descendants(root: int) -> list[int]:
-    """Pids below `root`, read from /proc; finds children that left the kernel's group."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                ppid = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
+    return Error(ename, evalue, [line for line in lines if line.strip().strip("-")])
 
 
 class _Kernel:
@@ -94,23 +107,23 @@ class _Kernel:
         )
         spec: Any = self.km.kernel_spec
         env = dict(os.environ)
-        if spec.language.lower() == "python":
+        self.python = spec.language.lower() == "python"
+        if self.python:
             env["MPLBACKEND"] = INLINE_BACKEND  # plots come back as image/png
-        if kernel_name == "python3":  # -s -P: no user site, no planted modules from the cwd
-            spec.argv = [sys.executable, "-s", "-P", "-m", "ipykernel_launcher"]
-            spec.argv += ["-f", "{connection_file}"]
+        if kernel_name == "python3":
+            spec.argv = [sys.executable, *PYTHON_KERNEL_ARGS]
         with open(self.log, "wb") as log:
             self.km.start_kernel(cwd=str(workspace), env=env, stdout=subprocess.DEVNULL, stderr=log)
         provisioner: Any = self.km.provisioner  # the LocalProvisioner: a Popen we can watch
         self.proc: subprocess.Popen[bytes] = provisioner.process
-        self.pid = self.proc.pid
+        self.pid, self.stopped = self.proc.pid, False
         # jupyter_client starts local kernels in a session of their own; we signal that group.
         self.own_group = os.getpgid(self.pid) == self.pid != os.getpgrp()
         self.kc: Any = self.km.client()
         self.kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         self._poller = zmq.Poller()
-        self._poller.register(self.kc.iopub_channel.socket, zmq.POLLIN)
-        self._poller.register(self.kc.shell_channel.socket, zmq.POLLIN)
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel):
+            self._poller.register(channel.socket, zmq.POLLIN)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait for a kernel_info reply *and* its iopub status, proving iopub is subscribed."""
@@ -123,19 +136,13 @@ class _Kernel:
                     replied_at = replied_at or time.monotonic()
             if replied_at and time.monotonic() - replied_at > 0.2 and "status" not in kinds:
                 msg_id, kinds, replied_at = self.kc.kernel_info(), set[str](), 0.0  # iopub was late
-            if (cause := self.exit_cause()) is not None:
-                raise SessionStartError(f"The kernel died while starting ({cause}).{self.tail()}")
-            if time.monotonic() > deadline:
-                raise SessionStartError(f"The kernel did not answer in {timeout_s} s.{self.tail()}")
+            cause = self.exit_cause()
+            if cause is not None or time.monotonic() > deadline:
+                why = f"died while starting ({cause})" if cause else "did not answer in time"
+                log = self.log.read_bytes()[-2000:].decode(errors="replace").strip()
+                raise errors.SessionStartError(f"The kernel {why}. Its stderr ends with:\n{log}")
 
-    def tail(self) -> str:
-        """The end of the kernel's stderr, to explain a failed start."""
-        with contextlib.suppress(OSError):
-            text = self.log.read_bytes()[-2000:].decode(errors="replace").strip()
-            return f" Its stderr ends with:\n{text}" if text else ""
-        return ""
-
-    def receive(self, timeout_s: float) -> list[Message]:
+    def receive(self, timeout_s: float) -> list[dict[str, Any]]:
         """Every message ready on iopub, then shell, after waiting at most `timeout_s` for one."""
         ready = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
         msgs = []
@@ -149,24 +156,22 @@ class _Kernel:
         code = self.proc.poll()
         return None if code is None else describe_exit(code)
 
-    def interrupt(self) -> None:
-        with contextlib.suppress(RuntimeError, OSError):
-            self.km.interrupt_kernel()
-
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(OSError):
             if self.own_group:  # the group outlives its leader while user daemons are in it
                 os.killpg(self.pid, signum)
-            elif self.proc.poll() is None:
-                self.proc.send_signal(signum)
+            else:
+                self.proc.send_signal(signum)  # a no-op once the kernel is reaped
 
     def _wait(self, timeout_s: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout_s)
 
     def stop(self, *, ask: bool) -> None:
-        """Ask, then SIGTERM, then SIGKILL the kernel's group; then its other descendants."""
-        strays = _descendants(self.pid) if self.proc.poll() is None else []
+        """Ask, then SIGTERM, then SIGKILL the kernel's process group, within CLOSE_BUDGET_S."""
+        if self.stopped:
+            return
+        self.stopped = True
         if ask and self.proc.poll() is None:
             with contextlib.suppress(Exception):
                 self.km.request_shutdown()
@@ -175,9 +180,6 @@ class _Kernel:
             self._signal(signal.SIGTERM)
             self._wait(CLOSE_BUDGET_S / 4)
         self._signal(signal.SIGKILL)  # even when the kernel is gone: its daemons are in the group
-        for pid in strays:  # children that left the group (setsid), seen alive above
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
         self._wait(CLOSE_BUDGET_S / 2)
         self.kc.stop_channels()
         with contextlib.suppress(Exception):
@@ -191,50 +193,44 @@ class JupyterSession:
         self.id = uuid.uuid4().hex
         self._ws = Workspace(workspace)
         self.workspace = self._ws.path
-        self._kernel_name = executor.kernel_name
-        self._timeout_s = executor.timeout_s
-        self._max_chars = executor.max_output_chars
-        self._grace_s = executor.interrupt_grace_s
+        self._ex = executor  # kernel name, limits
         self._rundir = Path(tempfile.mkdtemp(prefix="codeinterp-jk-"))  # short: socket paths
         self._busy = threading.Lock()  # held by whoever drives the kernel's sockets
         self._state = SessionState.STARTING
         self._closed = False
         self._stop_reason: str | None = None  # set by close()/restart() to end a running cell
         self._kernel: _Kernel | None = None
-        with self._busy:
-            try:
-                self._kernel = self._start()
-            except BaseException:
-                self._closed = True
-                shutil.rmtree(self._rundir, ignore_errors=True)
-                self._ws.cleanup()
-                raise
+        try:
+            self._kernel = self._start()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def state(self) -> SessionState:
         return SessionState.CLOSED if self._closed else self._state
 
-    @property
-    def kernel_pid(self) -> int | None:
-        """The kernel's process id; None between a loss and the next execute."""
-        return None if self._kernel is None else self._kernel.pid
-
     def _start(self) -> _Kernel:
-        self._state = SessionState.STARTING
+        """A fresh kernel that has answered; if none starts, the session stays DEAD."""
+        self._state, name = SessionState.STARTING, self._ex.kernel_name
+        kernel: _Kernel | None = None
         try:
-            kernel = _Kernel(self._kernel_name, self.workspace, self._rundir)
-        except Exception as exc:
-            self._state = SessionState.DEAD
-            raise SessionStartError(
-                f"Could not start the Jupyter kernel {self._kernel_name!r}: {exc}. "
-                f"Check that `jupyter console --kernel {self._kernel_name}` works."
-            ) from exc
-        try:
+            kernel = _Kernel(name, self.workspace, self._rundir)
             kernel.wait_ready(START_TIMEOUT_S)
-        except BaseException:
-            kernel.stop(ask=False)
+            if kernel.python:
+                setup = self._run(kernel, _PY_SETUP, START_TIMEOUT_S, OutputCollector(), True)
+                if not setup.ok:
+                    raise RuntimeError(f"its set-up failed: {setup.lost or setup.error}")
+        except BaseException as exc:
             self._state = SessionState.DEAD
-            raise
+            if kernel is not None:
+                kernel.stop(ask=False)
+            if isinstance(exc, errors.SessionStartError) or not isinstance(exc, Exception):
+                raise
+            raise errors.SessionStartError(
+                f"Could not start the Jupyter kernel {name!r}: {exc}. "
+                f"Check that `jupyter console --kernel {name}` works."
+            ) from exc
         self._state = SessionState.IDLE
         return kernel
 
@@ -242,27 +238,27 @@ class JupyterSession:
         self, code: str, *, timeout_s: float | None = None, on_output: OnOutput | None = None
     ) -> Execution:
         """Run one cell; errors in `code`, timeouts and kernel deaths come back as data."""
-        if self._closed:
-            raise SessionClosed()
         if not self._busy.acquire(blocking=False):
-            raise SessionBusy()
+            raise errors.SessionBusy()
         try:
             if self._closed:
-                raise SessionClosed()
+                raise errors.SessionClosed()
             if self._kernel is None:
                 self._kernel = self._start()
             self._state = SessionState.BUSY
-            out = OutputCollector(max_chars=self._max_chars, on_output=on_output)
-            limit = self._timeout_s if timeout_s is None else timeout_s
+            out = OutputCollector(max_chars=self._ex.max_output_chars, on_output=on_output)
+            limit = self._ex.timeout_s if timeout_s is None else timeout_s
             return self._run(self._kernel, code, limit, out)
         finally:
             if self._state is SessionState.BUSY:
                 self._state = SessionState.IDLE
             self._busy.release()
 
-    def _run(self, kernel: _Kernel, code: str, limit: float, out: OutputCollector) -> Execution:
+    def _run(
+        self, kernel: _Kernel, code: str, limit: float, out: OutputCollector, silent: bool = False
+    ) -> Execution:
         """Wait for this request's idle status and reply; interrupt, then kill, at the limit."""
-        msg_id = kernel.kc.execute(code, allow_stdin=False, stop_on_error=False)
+        msg_id = kernel.kc.execute(code, silent, not silent, allow_stdin=False, stop_on_error=False)
         deadline, interrupted = time.monotonic() + limit, False
         error: Error | None = None
         count: int | None = None
@@ -272,8 +268,9 @@ class JupyterSession:
             if self._stop_reason is not None:
                 return self._lose(kernel, out, error, self._stop_reason, timed_out=False)
             if now >= deadline and not interrupted:
-                kernel.interrupt()
-                deadline, interrupted = now + self._grace_s, True
+                with contextlib.suppress(RuntimeError, OSError):
+                    kernel.km.interrupt_kernel()
+                deadline, interrupted = now + self._ex.interrupt_grace_s, True
             elif now >= deadline:
                 lost = "timeout: the kernel ignored the interrupt and was killed"
                 return self._lose(kernel, out, error, lost, timed_out=True)
@@ -291,7 +288,7 @@ class JupyterSession:
                 elif kind == "stream":
                     stderr = content.get("name") == "stderr"
                     out.stream("stderr" if stderr else "stdout", str(content.get("text", "")))
-                elif kind in _DISPLAYS:
+                elif kind in ("display_data", "update_display_data", "execute_result"):
                     data = decode_bundle(content.get("data") or {})
                     meta = dict(content.get("metadata") or {})
                     out.display(Display(data, meta, is_result=kind == "execute_result"))
@@ -312,17 +309,18 @@ class JupyterSession:
         """Send the running cell a KeyboardInterrupt; safe from any thread."""
         kernel = self._kernel
         if self._state is SessionState.BUSY and kernel is not None:
-            kernel.interrupt()
+            with contextlib.suppress(RuntimeError, OSError):
+                kernel.km.interrupt_kernel()
 
     def restart(self) -> None:
         """Fresh kernel, same workspace. A running cell is ended (its Execution says so)."""
         if self._closed:
-            raise SessionClosed(action="restart the session")
+            raise errors.SessionClosed(action="restart the session")
         self._stop_reason = "restarted: the session was reset during this cell"
         with self._busy:  # a running cell sees _stop_reason and returns within POLL_S
             self._stop_reason = None
             if self._closed:
-                raise SessionClosed(action="restart the session")
+                raise errors.SessionClosed(action="restart the session")
             if self._kernel is not None:
                 self._kernel.stop(ask=False)
                 self._kernel = None
@@ -360,20 +358,20 @@ class JupyterExecutor:
         self,
         kernel_name: str = "python3",
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
-        interrupt_grace_s: float = DEFAULT_INTERRUPT_GRACE_S,
+        timeout_s: float = base.DEFAULT_TIMEOUT_S,
+        max_output_chars: int = base.DEFAULT_MAX_OUTPUT_CHARS,
+        interrupt_grace_s: float = base.DEFAULT_INTERRUPT_GRACE_S,
     ) -> None:
         try:
             from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
         except ImportError as exc:
-            raise DependencyMissing("jupyter_client", "jupyter", "the jupyter executor") from exc
+            raise errors.DependencyMissing("jupyter_client", "jupyter", "this executor") from exc
         specs = KernelSpecManager()
         try:
             specs.get_kernel_spec(kernel_name)
         except NoSuchKernel as exc:
             names = ", ".join(sorted(specs.find_kernel_specs())) or "none"
-            raise ConfigError(
+            raise errors.ConfigError(
                 f"No Jupyter kernel named {kernel_name!r} (installed: {names}). Pass one of "
                 "those, or install one, e.g. `python -m ipykernel install --user`."
             ) from exc
@@ -386,7 +384,7 @@ class JupyterExecutor:
 
     def open(self, *, workspace: Path | None = None) -> JupyterSession:
         if self._closed:
-            raise SessionClosed("executor", "open a session")
+            raise errors.SessionClosed("executor", "open a session")
         session = JupyterSession(self, workspace)
         self._sessions.add(session)
         return session

@@ -25,7 +25,7 @@ from codeinterp.executors.base import (
     Workspace,
 )
 from codeinterp.executors.collect import OutputCollector
-from codeinterp.executors.worker_process import WorkerProcess
+from codeinterp.executors.worker_process import WorkerChannel, WorkerProcess
 from codeinterp.outputs import Execution
 from codeinterp.worker.main import MPL_BACKEND
 
@@ -59,7 +59,7 @@ class ReplSession:
         self._workspace = workspace
         self.workspace = workspace.path
         self._lock = threading.Lock()
-        self._worker: WorkerProcess | None = None
+        self._worker: WorkerChannel | None = None
         self._state = SessionState.IDLE
         if self.keeps_worker:
             self._start_worker()
@@ -73,9 +73,12 @@ class ReplSession:
         """The worker's process id (None between a death and its replacement)."""
         return self._worker.pid if self._worker is not None else None
 
-    def _start_worker(self) -> WorkerProcess:
+    def _new_worker(self) -> WorkerChannel:
+        return WorkerProcess(self.workspace, env=self._settings.env)
+
+    def _start_worker(self) -> WorkerChannel:
         self._state = SessionState.STARTING
-        self._worker = WorkerProcess(self.workspace, env=self._settings.env)
+        self._worker = self._new_worker()
         self._state = SessionState.IDLE
         return self._worker
 

@@ -44,6 +44,11 @@ class WorkerChannel:
         self._pending: list[Frame] = []
 
     # -- what a subclass provides ---------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        """The worker's process id, as the host sees it."""
+        raise NotImplementedError
+
     def alive(self) -> bool:
         raise NotImplementedError
 
@@ -57,6 +62,10 @@ class WorkerChannel:
     def exit_cause(self) -> str:
         """Why the worker died, once it has: "signal 11 (SIGSEGV)", "exit 3", "memory limit"."""
         raise NotImplementedError
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Ask the worker to leave; kill it if it does not within `timeout_s`."""
+        self.kill()
 
     # -- the conversation -----------------------------------------------------------------
     def send(self, message: Frame) -> None:
@@ -78,15 +87,15 @@ class WorkerChannel:
             return None
         return self._frames.feed(data)
 
-    def wait_for(self, kind: str, timeout_s: float) -> Frame | None:
-        """The first frame of type `kind` within `timeout_s`; None on timeout or end of file."""
+    def wait_for(self, *kinds: str, timeout_s: float) -> Frame | None:
+        """The first frame of one of `kinds` within `timeout_s`; None on timeout or end of file."""
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
             frames = self.read(remaining)
             if frames is None:
                 return None
             for i, frame in enumerate(frames):
-                if frame.get("type") == kind:
+                if frame.get("type") in kinds:
                     self._pending = frames[i + 1 :] + self._pending
                     return frame
         return None
@@ -194,7 +203,7 @@ class WorkerProcess(WorkerChannel):
         return self.process.poll() is None
 
     def _wait_ready(self) -> None:
-        if self.wait_for("ready", START_TIMEOUT_S) is None:
+        if self.wait_for("ready", timeout_s=START_TIMEOUT_S) is None:
             detail = self._startup_stderr()
             self.kill()
             raise SessionStartError(

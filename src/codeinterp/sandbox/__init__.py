@@ -1,0 +1,1 @@
+"""Sandbox layers for the worker process tree."""
