@@ -37,18 +37,18 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 PYTHON_KERNEL_ARGS = ["-s", "-P", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
-# Run silently in each new Python kernel. ipykernel buffers stdout and stderr apart, so their
-# order was lost: flush the other stream before writing to one. `write` is a property because
-# IPython re-patches it per cell (a restore of the plain method means ours). Add `.buffer`.
-# Bytes written to fd 1/2 just before a cell ended came after its reply: after each cell, send a
-# mark down each fd's pipe and wait until ipykernel's reader thread has passed it.
+# Run silently in each new Python kernel. ipykernel buffers stdout and stderr apart (their order
+# was lost): flush the other stream before writing to one; `write` is a property as IPython
+# re-patches it per cell. Add `.buffer`. Output written to fd 1/2 as a cell ends came after its
+# reply: after each cell, send a mark down each fd's pipe and wait for ipykernel's reader.
 _PY_SETUP = """
 def _codeinterp_setup():
-    import codecs, fcntl, io, os, sys, termios, threading, time
+    import fcntl, io, os, sys, termios, threading, time
     from ipykernel.iostream import OutStream
     class Bytes(io.RawIOBase):
+        def __init__(self, text): self.text = text
         def writable(self): return True
-        def write(self, data): self.text.write(self.decode(bytes(data))); return len(data)
+        def write(self, b): self.text.write(bytes(b).decode(errors="replace")); return len(b)
     last, mark = [], "\\x00codeinterp-sync\\x00"
     class OrderedOutStream(OutStream):
         def _ordered_write(self, text):
@@ -67,8 +67,8 @@ def _codeinterp_setup():
     watched = [s for s in streams if getattr(s, "watch_fd_thread", None) is not None]
     for stream in streams:
         stream.__dict__.pop("write", None)
-        stream.__class__, stream.synced, stream.buffer = OrderedOutStream, threading.Event(), Bytes()
-        stream.buffer.text, stream.buffer.decode = stream, codecs.getincrementaldecoder("utf-8")("replace").decode
+        stream.__class__, stream.buffer = OrderedOutStream, Bytes(stream)
+        stream.synced = threading.Event()
     for stream in watched:  # stop echoing fd output to the kernel's log file
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream._original_stdstream_copy)
     def sync_fd_output(*args):  # drain each pipe first, so its mark is read in one piece
@@ -106,7 +106,7 @@ class _Kernel:
             kernel_name=kernel_name, transport="ipc", connection_file=str(rundir / f"{name}.json")
         )
         spec: Any = self.km.kernel_spec
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # see ipykernel
         self.python = spec.language.lower() == "python"
         if self.python:
             env["MPLBACKEND"] = INLINE_BACKEND  # plots come back as image/png
@@ -196,7 +196,6 @@ class JupyterSession:
         self._ex = executor  # kernel name, limits
         self._rundir = Path(tempfile.mkdtemp(prefix="codeinterp-jk-"))  # short: socket paths
         self._busy = threading.Lock()  # held by whoever drives the kernel's sockets
-        self._state = SessionState.STARTING
         self._closed = False
         self._stop_reason: str | None = None  # set by close()/restart() to end a running cell
         self._kernel: _Kernel | None = None

@@ -43,13 +43,19 @@ class ChildSetup:
     in_user_namespace: bool  # the template runs in a user namespace (non-root host)
 
 
-def become_session(sock: int, setup: ChildSetup) -> NoReturn:
-    """Run in the forked child; never returns."""
+def become_session(sock: int, setup: ChildSetup, *, die_with_parent: bool = True) -> NoReturn:
+    """Run in the forked child; never returns.
+
+    `die_with_parent`: the kernel kills us when the template dies. Off for a double-forked
+    session, whose parent (the middle process) leaves at once; the template then kills its
+    sessions itself when it loses the host.
+    """
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _close_fds_except(sock)  # above all the template's control socket
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # die with the template
+        if die_with_parent:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
         _enter_namespaces(setup.policy)
         _build_root(setup)
         protocol.write_all(sock, protocol.encode({"type": "warm"}))
@@ -152,8 +158,8 @@ def _finish(setup: ChildSetup, request: dict[str, Any]) -> None:
         _become_user_in_new_namespace()
     else:
         _become_user(int(request["uid"]), int(request["gid"]))
+    linux.clear_capabilities()
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-    linux.prctl(linux.PR_SET_DUMPABLE, 0)
     if seccomp.supported():
         seccomp.install(seccomp.FilterPolicy(allow_network=setup.policy.network))
     elif not setup.policy.allow_unsandboxed:

@@ -117,6 +117,26 @@ def bind_mount(source: str, target: str, *, read_only: bool) -> None:
     mount(None, target, None, flags)
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def clear_capabilities() -> None:
+    """Empty the effective, permitted and inheritable sets (a user namespace's creator keeps
+    all of them even as a non-zero uid, so a uid change alone is not enough there)."""
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two data words
+    data = (_CapData * 2)()
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
 def last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:

@@ -107,6 +107,7 @@ class Template:
         # Root can step back into its own pid namespace after each fork; a user namespace
         # cannot (setns needs privilege over the host's), so it forks twice instead.
         self.double_fork = setup.in_user_namespace
+        self.sessions: set[int] = set()
 
     def spawn(self, sock: int) -> int:
         if not self.double_fork:
@@ -129,7 +130,7 @@ class Template:
                 pid = os.fork()
                 if pid == 0:
                     os.close(report_w)
-                    become_session(sock, self.setup)
+                    become_session(sock, self.setup, die_with_parent=False)
                 os.write(report_w, str(pid).encode())
             finally:
                 os._exit(0)
@@ -151,7 +152,15 @@ class Template:
                 return
             if pid == 0:
                 return
+            self.sessions.discard(pid)
             self.send({"type": "exit", "pid": pid, "status": status})
+
+    def kill_sessions(self) -> None:
+        for pid in self.sessions:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def send(self, message: dict[str, Any]) -> None:
         self.control.send(json.dumps(message).encode())
@@ -168,11 +177,13 @@ class Template:
             if self.control.fileno() in ready:
                 data, fds, _, _ = socket.recv_fds(self.control, 1 << 16, 1)
                 if not data:
-                    return  # the host is gone; our sessions die with us (PDEATHSIG)
+                    self.kill_sessions()  # the host is gone: so are its sessions
+                    return
                 message = json.loads(data)
                 if message.get("op") == "spawn" and fds:
                     try:
                         pid = self.spawn(fds[0])
+                        self.sessions.add(pid)
                         self.send({"type": "spawned", "sid": message["sid"], "pid": pid})
                     except OSError as exc:
                         self.send(
