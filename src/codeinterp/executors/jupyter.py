@@ -106,7 +106,8 @@ class _Kernel:
             kernel_name=kernel_name, transport="ipc", connection_file=str(rundir / f"{name}.json")
         )
         spec: Any = self.km.kernel_spec
-        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}  # see ipykernel
+        # Under pytest ipykernel would not capture fd-level output: hide that we run there.
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
         self.python = spec.language.lower() == "python"
         if self.python:
             env["MPLBACKEND"] = INLINE_BACKEND  # plots come back as image/png
@@ -336,7 +337,6 @@ class JupyterSession:
             self._closed = True
             if self._kernel is not None:
                 self._kernel.stop(ask=True)
-                self._kernel = None
             shutil.rmtree(self._rundir, ignore_errors=True)
             self._ws.cleanup()
 

@@ -380,7 +380,18 @@ class SandboxExecutor(ReplExecutor):
             channel.cgroup = self._cgroup_for(pid)
             uid = session.uid if session.uid is not None else os.getuid()
             workspace = str(session.workspace)
-            channel.send({"op": "bind", "workspace": workspace, "uid": uid, "gid": uid})
+            controllers = channel.cgroup.groups if channel.cgroup is not None else {}
+            channel.send(
+                {
+                    "op": "bind",
+                    "workspace": workspace,
+                    "uid": uid,
+                    "gid": uid,
+                    # Without a cgroup, rlimits are the fallback (weaker: per process).
+                    "rlimit_data": None if "memory" in controllers else self.policy.memory_bytes,
+                    "rlimit_nproc": None if "pids" in controllers else self.policy.pids_max,
+                }
+            )
             self._expect(channel, "ready", "start")
             isolation = verify.read_back(pid)
             problems = isolation.problems(network=self.policy.network)

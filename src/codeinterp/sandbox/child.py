@@ -153,7 +153,7 @@ def _finish(setup: ChildSetup, request: dict[str, Any]) -> None:
     linux.umount2(OLD_ROOT, linux.MNT_DETACH)
     os.rmdir(OLD_ROOT)
     linux.mount(None, "/", None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | _NOSUID_NODEV)
-    _apply_rlimits(setup.policy)
+    _apply_rlimits(setup.policy, request.get("rlimit_data"), request.get("rlimit_nproc"))
     if setup.in_user_namespace:
         _become_user_in_new_namespace()
     else:
@@ -171,8 +171,15 @@ def _finish(setup: ChildSetup, request: dict[str, Any]) -> None:
     _reseed_random()
 
 
-def _apply_rlimits(policy: SandboxPolicy) -> None:
+def _apply_rlimits(policy: SandboxPolicy, data: int | None, nproc: int | None) -> None:
+    """Always: no core dumps, bounded files. Where no cgroup could be had: memory and
+    process-count limits per process (RLIMIT_DATA spares threads, unlike RLIMIT_AS; the
+    process count is per user namespace, so it bounds this session alone)."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if data is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     resource.setrlimit(resource.RLIMIT_NOFILE, (policy.max_open_files, policy.max_open_files))
     resource.setrlimit(resource.RLIMIT_FSIZE, (policy.max_file_bytes, policy.max_file_bytes))
 

@@ -45,6 +45,20 @@ class Worker:
         sys.modules["__main__"] = self.runner.module
         self.flusher = Flusher(self.mux)
         signal.signal(signal.SIGINT, self._on_sigint)
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        """A process forked by user code must never speak on our channel (its frames would
+        interleave with ours); its output goes to fd 1/2, which we capture anyway."""
+        for fd in {self.in_fd, self.writer.fd}:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.writer.fd = -1
+        sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")  # noqa: SIM115
 
     def _send_output(self, output: Output) -> None:
         self.writer.send({"id": self.current_id, **output_to_dict(output)})
@@ -71,6 +85,10 @@ class Worker:
             error = self.runner.run(code, filename=path)
         finally:
             self.in_user_code = False
+        if os.getpid() != self.pid:  # a fork of user code fell through the cell: end it here
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1 if error else 0)
         for capture in self.captures:
             capture.drain()
         self.mux.flush()

@@ -41,6 +41,8 @@ class FrameWriter:
         self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
+        if self.fd < 0:
+            return  # closed in a process forked by user code
         data = encode(message)
         with self._lock:
             write_all(self.fd, data)
