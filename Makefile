@@ -26,6 +26,7 @@ start: install
 
 test: install
 	$(BIN)/pytest
+	@if [ "$${CI:-}" = true ] && [ "$$(id -u)" = 0 ]; then bash tests/run-as-nonroot.sh; fi
 
 lint: install
 	$(BIN)/ruff check src tests bench

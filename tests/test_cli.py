@@ -70,14 +70,20 @@ def test_workspace_option_runs_code_among_the_users_files(tmp_path: Path) -> Non
     (tmp_path / "data.csv").write_text("a,b\n1,2\n3,4\n")
     code = "import csv\nrows = list(csv.DictReader(open('data.csv')))\nprint(len(rows))"
     done = run(
-        "exec", "--workspace", str(tmp_path), "-c", code, "-c", "with open('out.txt', 'w') as f:\n    f.write('ok')"
+        "exec",
+        "--workspace",
+        str(tmp_path),
+        "-c",
+        code,
+        "-c",
+        "with open('out.txt', 'w') as f:\n    f.write('ok')",
     )
     assert done.stdout == "2\n"
     assert (tmp_path / "out.txt").read_text() == "ok"
 
 
 def test_every_backend_is_selectable(tmp_path: Path) -> None:
-    for name in ("repl", "subprocess", "inprocess", "jupyter"):
+    for name in ("sandbox", "repl", "subprocess", "inprocess", "jupyter"):
         done = run("exec", "--executor", name, "-c", "print(2 + 2)")
         assert done.returncode == 0, (name, done.stderr)
         assert done.stdout == "4\n", name
@@ -98,3 +104,20 @@ def test_images_dir_saves_plots(tmp_path: Path) -> None:
     saved = tmp_path / "plots" / "figure-1.png"
     assert saved.read_bytes().startswith(b"\x89PNG")
     assert "figure-1.png" in done.stdout
+
+
+def test_default_executor_is_the_sandbox() -> None:
+    done = run("exec", "-c", "import os", "-c", "print(os.getcwd(), os.getuid() != 0)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "/workspace True\n"
+
+
+def test_doctor_reports_layers_read_back_from_a_session() -> None:
+    done = run("doctor")
+    assert done.returncode == 0, done.stderr
+    assert "This machine allows:" in done.stdout
+    assert "A sandbox session got (read back from the host):" in done.stdout
+    for line in ("seccomp", "no_new_privs", "pid namespace", "mount /workspace"):
+        assert line in done.stdout
+    session_part = done.stdout.split("A sandbox session got")[1]
+    assert "ok  seccomp" in session_part and "mode 2" in session_part

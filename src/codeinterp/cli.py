@@ -1,7 +1,8 @@
 """The `codeinterp` command line.
 
 Subcommands:
-  exec   run code in a session of any executor, without a model
+  exec     run code in a session of any executor, without a model
+  doctor   which isolation layers this machine allows, and what a session gets
 Environment variables are read here, at the edge, and nowhere else.
 """
 
@@ -22,7 +23,7 @@ from codeinterp.executors.base import DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TIMEOUT_
 from codeinterp.outputs import Display, Execution, Output, Stream
 from codeinterp.render import clean_text, image_placeholder
 
-DEFAULT_EXECUTOR = "repl"
+DEFAULT_EXECUTOR = "sandbox"
 
 EXEC_EPILOG = """\
 examples:
@@ -130,6 +131,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from codeinterp.sandbox import doctor
+
+    return doctor.run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codeinterp",
@@ -182,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--images-dir", type=Path, metavar="DIR", help="save plots and images there as files"
     )
     run.set_defaults(handler=cmd_exec)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="show which isolation layers this machine allows and what a session gets",
+        description="Probe the machine's isolation features (namespaces, seccomp, cgroups), "
+        "then open a real sandbox session and read back from the host what it got.",
+    )
+    doctor.set_defaults(handler=cmd_doctor)
     return parser
 
 

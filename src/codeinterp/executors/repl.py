@@ -12,7 +12,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from codeinterp.errors import SessionBusy, SessionClosed
 from codeinterp.executors.base import (
@@ -142,7 +142,7 @@ class ReplSession:
             self._worker = None
         self._workspace.cleanup()
 
-    def __enter__(self) -> ReplSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -175,7 +175,7 @@ class ReplExecutor:
             session.close()
         self._sessions.clear()
 
-    def __enter__(self) -> ReplExecutor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

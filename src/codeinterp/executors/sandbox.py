@@ -296,6 +296,12 @@ class SandboxSession(ReplSession):
     def _new_worker(self) -> WorkerChannel:
         return self._executor.hand_over(self)
 
+    @property
+    def cgroup(self) -> cgroups.SessionCgroup | None:
+        """The session's cgroup (None where the machine gives none)."""
+        worker = self._worker
+        return worker.cgroup if isinstance(worker, SandboxChannel) else None
+
 
 class SandboxExecutor(ReplExecutor):
     """Sessions forked from a pre-loaded template into namespaces, seccomp and cgroups."""
