@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("backend", ["jupyter", "repl", "subprocess", "inprocess"])
+@pytest.mark.parametrize("backend", ["sandbox", "jupyter", "repl", "subprocess", "inprocess"])
 def test_seed_example_returns_info_text_and_three_plots(backend: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

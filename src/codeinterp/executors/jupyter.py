@@ -44,7 +44,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 _PY_SETUP = """
 def _codeinterp_setup():
     import fcntl, io, os, sys, termios, threading, time
-    from ipykernel.iostream import OutStream
+    if (OutStream := type(sys.stdout)).__name__ != "OutStream": return  # not ipykernel
     class Bytes(io.RawIOBase):
         def __init__(self, text): self.text = text
         def writable(self): return True
@@ -71,14 +71,18 @@ def _codeinterp_setup():
         stream.synced = threading.Event()
     for stream in watched:  # stop echoing fd output to the kernel's log file
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream._original_stdstream_copy)
+    def piped(s):  # fd 1/2 still leads to the pipe and its reader is alive
+        try: return os.fstat(s._original_stdstream_fd).st_ino == os.fstat(s._fid).st_ino
+        except OSError: return False
     def sync_fd_output(*args):  # drain each pipe first, so its mark is read in one piece
-        for stream in watched:
+        live = [s for s in watched if s.watch_fd_thread.is_alive() and piped(s)]
+        for stream in live:
             for _ in range(100):
                 if fcntl.ioctl(stream._fid, termios.FIONREAD, bytes(4)) == bytes(4): break
                 time.sleep(0.001)
             stream.synced.clear()
             os.write(stream._original_stdstream_fd, mark.encode())
-        for stream in watched:
+        for stream in live:
             stream.synced.wait(0.5)
     get_ipython().events.register("post_execute", sync_fd_output)
 _codeinterp_setup()
@@ -102,9 +106,8 @@ class _Kernel:
 
         name = f"kernel-{uuid.uuid4().hex[:8]}"
         self.log = rundir / f"{name}.log"
-        self.km: Any = KernelManager(
-            kernel_name=kernel_name, transport="ipc", connection_file=str(rundir / f"{name}.json")
-        )
+        cf = str(rundir / f"{name}.json")
+        self.km: Any = KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=cf)
         spec: Any = self.km.kernel_spec
         # Under pytest ipykernel would not capture fd-level output: hide that we run there.
         env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
@@ -154,8 +157,7 @@ class _Kernel:
 
     def exit_cause(self) -> str | None:
         """Why the kernel process ended ("signal 11 (SIGSEGV)", "exit 3"), or None if alive."""
-        code = self.proc.poll()
-        return None if code is None else describe_exit(code)
+        return None if (code := self.proc.poll()) is None else describe_exit(code)
 
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(OSError):
@@ -374,10 +376,8 @@ class JupyterExecutor:
                 f"No Jupyter kernel named {kernel_name!r} (installed: {names}). Pass one of "
                 "those, or install one, e.g. `python -m ipykernel install --user`."
             ) from exc
-        self.kernel_name = kernel_name
-        self.timeout_s = timeout_s
-        self.max_output_chars = max_output_chars
-        self.interrupt_grace_s = interrupt_grace_s
+        self.kernel_name, self.timeout_s = kernel_name, timeout_s
+        self.max_output_chars, self.interrupt_grace_s = max_output_chars, interrupt_grace_s
         self._sessions: weakref.WeakSet[JupyterSession] = weakref.WeakSet()
         self._closed = False
 

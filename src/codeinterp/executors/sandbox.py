@@ -324,30 +324,53 @@ class SandboxExecutor(ReplExecutor):
         self.folder = SharedFolder() if os.getuid() == 0 else None
         self.template = TemplateProcess(self.policy, tuple(preload))
         self.cgroup_support = cgroups.detect()
-        self._warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
+        self._warm: collections.deque[SandboxChannel] = collections.deque()
         self._pool_lock = threading.Lock()
+        self._pool_wanted = threading.Event()
         self._uids = itertools.count(os.getpid() * 7919)
         self._session_names = itertools.count(1)
-        self._fill_pool()
+        if pool_size:
+            self._pool_wanted.set()
+            self._filler = threading.Thread(
+                target=self._fill_loop, name="codeinterp-pool", daemon=True
+            )
+            self._filler.start()
 
     # -- the pool -------------------------------------------------------------------------
-    def _fill_pool(self) -> None:
-        while len(self._warm) < self.pool_size and not self._closed:
-            spawned = self.template.spawn()
-            with self._pool_lock:
-                self._warm.append(spawned)
+    def _spawn(self) -> SandboxChannel:
+        """A new session process, in its cgroup, still waiting for its workspace.
 
-    def _refill_later(self) -> None:
-        threading.Thread(target=self._fill_pool, name="codeinterp-pool", daemon=True).start()
+        Joining the cgroup happens here, off the open() path: on cgroup v1 moving a process
+        costs ~10 ms (the kernel waits for an RCU grace period).
+        """
+        pid, sock = self.template.spawn()
+        channel = SandboxChannel(self.template, pid, sock, None)
+        try:
+            channel.cgroup = self._cgroup_for(pid)
+        except BaseException:
+            channel.kill()
+            raise
+        return channel
 
-    def _take(self) -> tuple[int, socket.socket]:
+    def _fill_loop(self) -> None:
+        while self._pool_wanted.wait() and not self._closed:
+            self._pool_wanted.clear()
+            while len(self._warm) < self.pool_size and not self._closed:
+                try:
+                    channel = self._spawn()
+                except Exception:
+                    break  # open() will spawn directly and report the error
+                with self._pool_lock:
+                    if self._closed:
+                        channel.kill()
+                        return
+                    self._warm.append(channel)
+
+    def _take(self) -> SandboxChannel:
         with self._pool_lock:
-            spawned = self._warm.popleft() if self._warm else None
-        if spawned is None:
-            spawned = self.template.spawn()
-        if self.pool_size:
-            self._refill_later()
-        return spawned
+            channel = self._warm.popleft() if self._warm else None
+        self._pool_wanted.set()
+        return channel if channel is not None else self._spawn()
 
     # -- sessions -------------------------------------------------------------------------
     def open(self, *, workspace: Path | None = None) -> SandboxSession:
@@ -379,11 +402,10 @@ class SandboxExecutor(ReplExecutor):
 
     def hand_over(self, session: SandboxSession) -> SandboxChannel:
         """Give a warm process the session's workspace and wait until it serves cells."""
-        pid, sock = self._take()
-        channel = SandboxChannel(self.template, pid, sock, None)
+        channel = self._take()
+        pid = channel.pid
         try:
             self._expect(channel, "warm", "set up")
-            channel.cgroup = self._cgroup_for(pid)
             uid = session.uid if session.uid is not None else os.getuid()
             workspace = str(session.workspace)
             controllers = channel.cgroup.groups if channel.cgroup is not None else {}
@@ -425,8 +447,9 @@ class SandboxExecutor(ReplExecutor):
         super().close()
         with self._pool_lock:
             warm, self._warm = list(self._warm), collections.deque()
-        for _, sock in warm:
-            sock.close()  # a warm process waiting for its workspace reads end of file and leaves
+        self._pool_wanted.set()  # let the filler see that we are closed
+        for channel in warm:
+            channel.kill()
         self.template.close()
         if self.folder is not None:
             self.folder.close()
