@@ -90,6 +90,11 @@ class TemplateProcess:
             raise SessionStartError(
                 "The sandbox template did not start: "
                 + (lines[-1] if lines else "no error output")
+                + ". `codeinterp doctor` shows which isolation layers this machine allows. "
+                "If user namespaces are blocked (Ubuntu 23.10+: `sudo sysctl "
+                "kernel.apparmor_restrict_unprivileged_userns=0`), allow them, or choose an "
+                "executor without isolation explicitly (`--executor repl`)."
+            )
                 + ". Run `codeinterp doctor` to see which isolation layers this machine allows."
             )
         message: dict[str, Any] = json.loads(data)
