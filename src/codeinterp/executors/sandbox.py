@@ -95,8 +95,6 @@ class TemplateProcess:
                 "kernel.apparmor_restrict_unprivileged_userns=0`), allow them, or choose an "
                 "executor without isolation explicitly (`--executor repl`)."
             )
-                + ". Run `codeinterp doctor` to see which isolation layers this machine allows."
-            )
         message: dict[str, Any] = json.loads(data)
         return message
 
