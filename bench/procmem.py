@@ -48,9 +48,14 @@ def children_map() -> dict[int, list[int]]:
     return children
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` followed by all its descendants (children, grandchildren, ...)."""
-    children = children_map()
+def process_tree(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """`root` followed by all its descendants (children, grandchildren, ...).
+
+    `children` (from `children_map`) can be passed in when many trees are read at one moment:
+    building it scans all of /proc, which is costly when repeated for hundreds of sessions.
+    """
+    if children is None:
+        children = children_map()
     found, todo = [root], [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -126,9 +131,11 @@ def process_memory(pid: int) -> Memory:
     )
 
 
-def tree_memory(root: int) -> tuple[Memory, list[int]]:
+def tree_memory(
+    root: int, children: dict[int, list[int]] | None = None
+) -> tuple[Memory, list[int]]:
     """Summed memory of `root` and its descendants, with the pids that were counted."""
-    pids = process_tree(root)
+    pids = process_tree(root, children)
     total = Memory()
     for pid in pids:
         total = total + process_memory(pid)

@@ -97,6 +97,7 @@ def summarize(values: list[float]) -> dict[str, float]:
         "n": len(values),
         "median": quantile(values, 0.5),
         "p90": quantile(values, 0.9),
+        "p99": quantile(values, 0.99),
         "mean": sum(values) / len(values),
         "min": min(values),
         "max": max(values),
@@ -251,14 +252,24 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_json(
-    path: Path, runs: list[BackendRun], settings: dict[str, Any], machine: dict[str, Any]
+    path: Path,
+    runs: list[BackendRun],
+    settings: dict[str, Any],
+    machine: dict[str, Any],
+    *,
+    benchmark: str = "executors",
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """All raw samples, their summaries, the settings and `machine` (taken before the run)."""
+    """All raw samples, their summaries, the settings and `machine` (taken before the run).
+
+    `benchmark` names the script that wrote the file; `extra` adds top-level sections of its own.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "benchmark": "executors",
+        "benchmark": benchmark,
         "machine": machine,
         "settings": settings,
         "backends": {run.name: run.to_dict() for run in runs},
+        **(extra or {}),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,69 @@
+"""`scripted`: a model that replays given replies in order and records every prompt it saw.
+
+A real implementation behind the real seam, for tests and demos: the loop cannot tell it from
+a language model, and a test can read exactly what the loop sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from codeinterp.errors import CodeinterpError
+from codeinterp.models.base import Delta, Message, ToolCall, ToolSpec, Usage
+
+
+class ScriptExhausted(CodeinterpError):
+    """The scripted model was asked for more replies than it was given."""
+
+
+class ScriptedModel:
+    name = "scripted"
+    supports_tools = True
+    supports_images = False
+    supports_grammar = False
+
+    def __init__(self, replies: Iterable[str | ToolCall | Delta], *, chunk_chars: int = 8) -> None:
+        self.replies = list(replies)
+        self.prompts: list[list[Message]] = []
+        self.calls: list[dict[str, Any]] = []
+        self.chunk_chars = chunk_chars
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        stop: list[str] | None = None,
+        tools: list[ToolSpec] | None = None,
+        grammar: str | None = None,
+        **options: Any,
+    ) -> Iterator[Delta]:
+        self.prompts.append(list(messages))
+        self.calls.append({"stop": stop, "tools": tools, "grammar": grammar, **options})
+        if not self.replies:
+            raise ScriptExhausted(
+                f"The scripted model has no reply left for prompt {len(self.prompts)}; "
+                "give it one more reply."
+            )
+        reply = self.replies.pop(0)
+        if isinstance(reply, Delta):
+            yield reply
+            return
+        if isinstance(reply, ToolCall):
+            yield Delta(tool_calls=(reply,), finish_reason="tool_calls")
+            return
+        text, finish = _apply_stop(reply, stop or [])
+        for i in range(0, len(text), self.chunk_chars):
+            yield Delta(text=text[i : i + self.chunk_chars])
+        yield Delta(finish_reason=finish, usage=Usage(completion_tokens=len(text.split())))
+
+    def close(self) -> None:
+        pass
+
+
+def _apply_stop(text: str, stop: list[str]) -> tuple[str, str]:
+    """Cut at the first stop string, as a real server would (the stop text is not returned)."""
+    cuts = [i for s in stop if (i := text.find(s)) >= 0]
+    if not cuts:
+        return text, "stop"
+    return text[: min(cuts)], "stop"

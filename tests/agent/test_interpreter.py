@@ -1,0 +1,163 @@
+"""The loop, driven by the scripted model against a real executor."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from codeinterp.agent import (
+    CodeBlock,
+    Event,
+    ExecutionDone,
+    Finished,
+    Interpreter,
+    OutputEvent,
+    RoundDone,
+    TextDelta,
+)
+from codeinterp.executors import Executor, Session, get_executor
+from codeinterp.models.base import ToolCall
+from codeinterp.models.scripted import ScriptedModel
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[Executor]:
+    with get_executor("sandbox", timeout_s=30) as ex:
+        yield ex
+
+
+@pytest.fixture
+def session(executor: Executor) -> Iterator[Session]:
+    with executor.open() as s:
+        yield s
+
+
+def run(interpreter: Interpreter, text: str) -> list[Event]:
+    return list(interpreter.chat(text))
+
+
+def finished(events: list[Event]) -> Finished:
+    last = events[-1]
+    assert isinstance(last, Finished)
+    return last
+
+
+def test_reply_without_code_is_the_answer(session: Session) -> None:
+    model = ScriptedModel(["Paris is the capital of France."])
+    events = run(Interpreter(model, session), "Capital of France?")
+    assert finished(events) == Finished("answered", "Paris is the capital of France.", 1)
+    assert not any(isinstance(e, CodeBlock) for e in events)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)).startswith("Paris")
+
+
+def test_code_runs_and_its_result_reaches_the_next_round(session: Session) -> None:
+    model = ScriptedModel(
+        [
+            "Let me compute.\n```python\nsum(i * i for i in range(1, 101))\n```",
+            "The sum of squares is 338350.",
+        ]
+    )
+    events = run(Interpreter(model, session), "Sum of squares 1..100?")
+    done = [e for e in events if isinstance(e, ExecutionDone)]
+    assert len(done) == 1 and done[0].execution.result is not None
+    assert done[0].execution.result.text == "338350"
+    assert finished(events) == Finished("answered", "The sum of squares is 338350.", 2)
+    round_two_prompt = model.prompts[1]
+    assert round_two_prompt[-1].role == "user"
+    assert "338350" in round_two_prompt[-1].content
+    kinds = [type(e).__name__ for e in events if not isinstance(e, TextDelta | OutputEvent)]
+    assert kinds == ["CodeBlock", "ExecutionDone", "RoundDone", "RoundDone", "Finished"]
+
+
+def test_generation_stops_at_the_closing_fence(session: Session) -> None:
+    # The model goes on to invent an output after its block; none of it may be kept.
+    reply = "```python\nprint(6 * 7)\n```\nOutput: 41\nSo the answer is 41."
+    model = ScriptedModel([reply, "It is 42."])
+    events = run(Interpreter(model, session), "6 times 7?")
+    streamed = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert "41" not in streamed
+    assistant = model.prompts[1][-2]
+    assert assistant.role == "assistant"
+    assert assistant.content == "```python\nprint(6 * 7)\n```"
+    assert "42" in model.prompts[1][-1].content
+
+
+def test_outputs_stream_as_events_while_the_cell_runs(session: Session) -> None:
+    model = ScriptedModel(["```python\nprint('a')\nprint('b')\n6 * 7\n```", "done"])
+    events = run(Interpreter(model, session), "go")
+    outputs = [e.output.text for e in events if isinstance(e, OutputEvent)]
+    assert "".join(outputs[:-1]) == "a\nb\n" and outputs[-1] == "42"
+
+
+def test_error_traceback_goes_back_to_the_model(session: Session) -> None:
+    model = ScriptedModel(
+        ["```python\nitems = [1, 2]\nitems[5]\n```", "```python\nitems[1]\n```", "It is 2."]
+    )
+    events = run(Interpreter(model, session), "second item?")
+    assert "IndexError: list index out of range" in model.prompts[1][-1].content
+    assert "items[5]" in model.prompts[1][-1].content
+    assert finished(events).stop_reason == "answered"
+
+
+def test_state_is_kept_across_rounds_and_turns(session: Session) -> None:
+    model = ScriptedModel(
+        ["```python\ntotal = 40\n```", "Stored.", "```python\ntotal + 2\n```", "It is 42."]
+    )
+    interpreter = Interpreter(model, session)
+    run(interpreter, "store 40")
+    events = run(interpreter, "add 2")
+    results = [e.execution.result for e in events if isinstance(e, ExecutionDone)]
+    assert results[0] is not None and results[0].text == "42"
+
+
+def test_max_rounds_stops_a_model_that_never_answers(session: Session) -> None:
+    model = ScriptedModel(["```python\n1\n```"] * 3)
+    events = run(Interpreter(model, session, max_rounds=3), "loop")
+    assert finished(events).stop_reason == "max_rounds"
+    assert sum(isinstance(e, ExecutionDone) for e in events) == 3
+
+
+def test_model_failure_is_a_model_error_event(session: Session) -> None:
+    model = ScriptedModel([])  # no reply at all
+    events = run(Interpreter(model, session), "hello")
+    last = finished(events)
+    assert last.stop_reason == "model_error"
+    assert "no reply left" in last.answer
+
+
+def test_interrupt_stops_a_running_cell_and_the_session_stays_usable(session: Session) -> None:
+    model = ScriptedModel(["```python\nimport time\ntime.sleep(60)\n```", "never used"])
+    interpreter = Interpreter(model, session)
+    events: list[Event] = []
+    for event in interpreter.chat("sleep"):
+        events.append(event)
+        if isinstance(event, CodeBlock):
+            threading.Timer(0.3, interpreter.interrupt).start()
+    assert finished(events).stop_reason == "interrupted"
+    assert session.execute("print('usable')").stdout == "usable\n"
+
+
+def test_prompts_only_grow_so_a_kv_cache_can_be_reused(session: Session) -> None:
+    model = ScriptedModel(["```python\nx = 1\n```", "```python\nx + 1\n```", "2"])
+    run(Interpreter(model, session), "go")
+    first, second, third = model.prompts
+    assert second[: len(first)] == first and third[: len(second)] == second
+
+
+def test_tools_protocol_runs_native_tool_calls(session: Session) -> None:
+    call = ToolCall(id="call_1", name="python", arguments='{"code": "print(2 ** 10)"}')
+    model = ScriptedModel([call, "2 to the 10th is 1024."])
+    events = run(Interpreter(model, session, protocol="tools"), "2**10?")
+    assert finished(events) == Finished("answered", "2 to the 10th is 1024.", 2)
+    tool_message = model.prompts[1][-1]
+    assert tool_message.role == "tool" and tool_message.tool_call_id == "call_1"
+    assert "1024" in tool_message.content
+    assert model.calls[0]["tools"][0].name == "python"
+
+
+def test_round_done_reports_every_round(session: Session) -> None:
+    model = ScriptedModel(["```python\n1\n```", "ok"])
+    events = run(Interpreter(model, session), "go")
+    assert [e.round for e in events if isinstance(e, RoundDone)] == [1, 2]
