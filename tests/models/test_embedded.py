@@ -10,6 +10,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ def test_single_file_model_is_used_in_place_and_verified_once(
 
 def test_concurrent_threads_assemble_once(tmp_path: Path) -> None:
     entry, data = make_parts(tmp_path / "site", [20_000] * 4)
-    assembling = []
+    assembling: list[int] = []
 
     def slow(done: int, total: int) -> None:
         assembling.append(threading.get_ident())
@@ -220,7 +221,7 @@ def _assemble_in_child(entry: EmbeddedModel, root: Path, cache: Path) -> tuple[s
         entry=entry,
         cache_dir=cache,
         find_file=FakePackages(root),
-        progress=lambda d, t: calls.append(d),
+        progress=lambda d, t: calls.append(d) or time.sleep(0.02),  # slow: the others wait
     )
     return str(path), bool(calls)
 

