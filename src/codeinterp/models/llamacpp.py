@@ -77,7 +77,7 @@ class LlamaCppModel:
 
     def prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
         """The prompt text the chat template makes of `messages`, and its stop strings."""
-        chat = [{"role": m.role, "content": m.content} for m in messages]
+        chat: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
         response = self._formatter(messages=chat)
         stop = response.stop if isinstance(response.stop, list) else [response.stop]
         return response.prompt, [s for s in stop if s]
