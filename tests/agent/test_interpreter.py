@@ -161,3 +161,14 @@ def test_round_done_reports_every_round(session: Session) -> None:
     model = ScriptedModel(["```python\n1\n```", "ok"])
     events = run(Interpreter(model, session), "go")
     assert [e.round for e in events if isinstance(e, RoundDone)] == [1, 2]
+
+
+def test_roles_alternate_after_a_turn_cut_at_the_round_limit(session: Session) -> None:
+    model = ScriptedModel(["```python\n1\n```", "It was 1."])
+    interpreter = Interpreter(model, session, max_rounds=1)
+    assert finished(run(interpreter, "first")).stop_reason == "max_rounds"
+    run(interpreter, "second")
+    roles = [m.role for m in model.prompts[1]]
+    assert roles == ["system", "user", "assistant", "user"]
+    last = model.prompts[1][-1].content
+    assert last.startswith("Execution result:") and last.endswith("second")

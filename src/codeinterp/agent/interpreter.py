@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Generator, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 from codeinterp.agent.events import (
     CodeBlock,
@@ -59,6 +59,7 @@ class Interpreter:
         cell_timeout_s: float | None = None,
         constrain: bool | None = None,
         temperature: float = 0.0,
+        model_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.session = session
@@ -69,6 +70,7 @@ class Interpreter:
         # Constrained decoding by default wherever the model supports it (small local models).
         self.constrain = model.supports_grammar if constrain is None else constrain
         self.temperature = temperature
+        self.model_options = dict(model_options or {})  # passed to every model.stream()
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
         self._interrupted = threading.Event()
@@ -88,7 +90,13 @@ class Interpreter:
     def chat(self, text: str) -> Iterator[Event]:
         """One user turn: rounds of generation and execution until the model answers."""
         self._interrupted.clear()
-        self.messages.append(Message(role="user", content=text))
+        last = self.messages[-1]
+        if last.role == "user":
+            # The previous turn stopped (round limit, interrupt) after results the model never
+            # read: join them with this text, so roles still alternate as chat templates need.
+            self.messages[-1] = Message(role="user", content=f"{last.content}\n\n{text}")
+        else:
+            self.messages.append(Message(role="user", content=text))
         answer = ""
         for round_ in range(1, self.max_rounds + 1):
             try:
@@ -113,7 +121,9 @@ class Interpreter:
         watcher = CodeWatcher()
         usage: Usage | None = None
         grammar = MARKDOWN_GRAMMAR if self.constrain else None
-        stream = self.model.stream(self.messages, grammar=grammar, temperature=self.temperature)
+        stream = self.model.stream(
+            self.messages, grammar=grammar, temperature=self.temperature, **self.model_options
+        )
         try:
             for delta in stream:
                 if self._interrupted.is_set():
@@ -150,7 +160,7 @@ class Interpreter:
         calls: list[ToolCall] = []
         usage: Usage | None = None
         for delta in self.model.stream(
-            self.messages, tools=[PYTHON_TOOL], temperature=self.temperature
+            self.messages, tools=[PYTHON_TOOL], temperature=self.temperature, **self.model_options
         ):
             if self._interrupted.is_set():
                 raise _Interrupted

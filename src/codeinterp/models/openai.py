@@ -5,6 +5,10 @@ What real servers do, and how we cope:
 - llama.cpp's server rejects (HTTP 500) an assistant message whose `content` is null next to
   `tool_calls`: we always send a string.
 - Tool-call arguments stream in pieces keyed by `index`; a call is complete only at the end.
+- llama.cpp's server (llama-cpp-python 0.3, chatml-function-calling) answers a *streamed*
+  request with tools and `tool_choice: "auto"` with an empty stream, while the same request
+  unstreamed works (and "required" is an HTTP 500): when a streamed reply with tools comes back
+  empty, we ask once more without streaming.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class OpenAIModel:
             if "tool_choice" in options:
                 request["tool_choice"] = options["tool_choice"]
         stream = self._client.chat.completions.create(**request)
+        received = False
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
         usage: Usage | None = None
@@ -118,6 +123,7 @@ class OpenAIModel:
                 choice = chunk.choices[0]
                 finish = choice.finish_reason or finish
                 delta = choice.delta
+                received = received or bool(delta.content or delta.tool_calls)
                 for piece in delta.tool_calls or []:
                     call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
                     call["id"] = piece.id or call["id"]
@@ -128,11 +134,29 @@ class OpenAIModel:
                     yield Delta(text=delta.content)
         finally:
             stream.close()
+        if not received and tools:
+            yield from self._unstreamed(request)
+            return
         complete = tuple(
             ToolCall(id=c["id"] or f"call_{i}", name=c["name"], arguments=c["arguments"])
             for i, c in sorted(calls.items())
         )
         yield Delta(tool_calls=complete, finish_reason=finish or "stop", usage=usage)
+
+    def _unstreamed(self, request: dict[str, Any]) -> Iterator[Delta]:
+        request = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
+        reply = self._client.chat.completions.create(**request)
+        choice = reply.choices[0]
+        if choice.message.content:
+            yield Delta(text=choice.message.content)
+        calls = tuple(
+            ToolCall(id=c.id or f"call_{i}", name=c.function.name, arguments=c.function.arguments)
+            for i, c in enumerate(choice.message.tool_calls or [])
+        )
+        usage = None
+        if reply.usage is not None:
+            usage = Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0)
+        yield Delta(tool_calls=calls, finish_reason=choice.finish_reason or "stop", usage=usage)
 
     def close(self) -> None:
         self._client.close()
