@@ -121,3 +121,53 @@ def test_doctor_reports_layers_read_back_from_a_session() -> None:
         assert line in done.stdout
     session_part = done.stdout.split("A sandbox session got")[1]
     assert "ok  seccomp" in session_part and "mode 2" in session_part
+
+
+def _replies(tmp_path: Path, *replies: str) -> str:
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(list(replies)))
+    return f"scripted:{path}"
+
+
+def test_run_prints_the_event_stream_as_json(tmp_path: Path) -> None:
+    model = _replies(tmp_path, "```python\nprint(6 * 7)\n```", "The answer is 42.")
+    done = run("run", "six times seven?", "--model", model, "--json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds.count("code") == 1 and kinds[-1] == "finished"
+    execution = next(e for e in events if e["type"] == "execution")["execution"]
+    assert execution["outputs"] == [{"type": "stream", "name": "stdout", "text": "42\n"}]
+    assert events[-1]["stop_reason"] == "answered"
+    assert events[-1]["answer"] == "The answer is 42."
+
+
+def test_run_exits_1_when_the_model_never_answers(tmp_path: Path) -> None:
+    model = _replies(tmp_path, "```python\n1\n```", "```python\n2\n```")
+    done = run("run", "loop", "--model", model, "--max-rounds", "2", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout.splitlines()[-1])["stop_reason"] == "max_rounds"
+
+
+def test_chat_shows_code_results_and_saves_plots(tmp_path: Path) -> None:
+    plot = "```python\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nprint('drawn')\n```"
+    model = _replies(tmp_path, plot, "Here is the plot.", "Bye.")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    done = run(
+        "chat", "--model", model, "--workspace", str(workspace),
+        stdin="draw squares\n/reset\nsay bye\n/exit\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "drawn" in out and "Here is the plot." in out and "Bye." in out
+    assert "reset" in out
+    saved = workspace / "plots" / "figure-1.png"
+    assert saved.read_bytes().startswith(b"\x89PNG")
+    assert "figure-1.png" in out
+
+
+def test_unknown_model_names_the_choices() -> None:
+    done = run("run", "x", "--model", "nonsense")
+    assert done.returncode == 2
+    assert "qwen-0.5b" in done.stderr

@@ -6,10 +6,11 @@ a language model, and a test can read exactly what the loop sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from codeinterp.errors import CodeinterpError
+from codeinterp.errors import CodeinterpError, ConfigError
 from codeinterp.models.base import Delta, Message, ToolCall, ToolSpec, Usage
 
 
@@ -23,7 +24,13 @@ class ScriptedModel:
     supports_images = False
     supports_grammar = False
 
-    def __init__(self, replies: Iterable[str | ToolCall | Delta], *, chunk_chars: int = 8) -> None:
+    def __init__(
+        self, replies: Iterable[str | ToolCall | Delta] | str, *, chunk_chars: int = 8
+    ) -> None:
+        """`replies` in order; or, from the command line (`--model scripted:FILE`), the path of
+        a JSON file holding a list of reply strings."""
+        if isinstance(replies, str):
+            replies = _load(replies)
         self.replies = list(replies)
         self.prompts: list[list[Message]] = []
         self.calls: list[dict[str, Any]] = []
@@ -59,6 +66,17 @@ class ScriptedModel:
 
     def close(self) -> None:
         pass
+
+
+def _load(path: str) -> list[str | ToolCall | Delta]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Cannot read scripted replies from {path}: {exc}") from exc
+    if not isinstance(data, list) or not all(isinstance(r, str) for r in data):
+        raise ConfigError(f"{path} must hold a JSON list of reply strings.")
+    return list(data)
 
 
 def _apply_stop(text: str, stop: list[str]) -> tuple[str, str]:
