@@ -112,6 +112,11 @@ def _build_root(setup: ChildSetup) -> None:
     root = setup.root_dir
     policy = setup.policy
     linux.mount("tmpfs", root, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755,size=16m")
+    # The private /tmp first: a read-only path below /tmp (a checkout or venv there) is bound
+    # on top of it, not hidden by it.
+    os.makedirs(root + "/tmp", exist_ok=True)
+    tmp_options = f"mode=1777,size={policy.tmp_bytes},nr_inodes={policy.workspace_inodes}"
+    linux.mount("tmpfs", root + "/tmp", "tmpfs", _NOSUID_NODEV, tmp_options)
     for path in setup.read_only_paths:
         _make_mountpoint(root + path, path)
         linux.bind_mount(path, root + path, read_only=True)
@@ -134,9 +139,6 @@ def _build_root(setup: ChildSetup) -> None:
     linux.mount("tmpfs", dev + "/shm", "tmpfs", _NOSUID_NODEV, f"mode=1777,size={shm_size}")
     os.makedirs(root + "/proc", exist_ok=True)
     linux.mount("proc", root + "/proc", "proc", _NOSUID_NODEV | linux.MS_NOEXEC)
-    os.makedirs(root + "/tmp", exist_ok=True)
-    tmp_options = f"mode=1777,size={policy.tmp_bytes},nr_inodes={policy.workspace_inodes}"
-    linux.mount("tmpfs", root + "/tmp", "tmpfs", _NOSUID_NODEV, tmp_options)
     os.makedirs(root + WORKSPACE, exist_ok=True)
     os.makedirs(root + OLD_ROOT, exist_ok=True)
     linux.pivot_root(root, root + OLD_ROOT)
