@@ -172,3 +172,19 @@ def test_roles_alternate_after_a_turn_cut_at_the_round_limit(session: Session) -
     assert roles == ["system", "user", "assistant", "user"]
     last = model.prompts[1][-1].content
     assert last.startswith("Execution result:") and last.endswith("second")
+
+
+def test_plots_reach_a_vision_model_as_images_and_others_as_placeholders(
+    session: Session,
+) -> None:
+    plot = "```python\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\n```"
+    for sees_images in (True, False):
+        model = ScriptedModel([plot, "A rising line."])
+        model.supports_images = sees_images
+        run(Interpreter(model, session), "plot it")
+        results = model.prompts[1][-1]
+        assert "[image/png" in results.content  # the placeholder names size and file
+        if sees_images:
+            assert len(results.images) == 1 and results.images[0].startswith(b"\x89PNG")
+        else:
+            assert results.images == ()

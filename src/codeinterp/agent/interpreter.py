@@ -148,7 +148,8 @@ class Interpreter:
             return "answered", watcher.prose
         execution = yield from self._run(watcher.code, round_)
         rendered = render_for_model(execution, max_chars=self.result_max_chars)
-        self.messages.append(results_message(rendered))
+        images = tuple(execution.images()) if self.model.supports_images else ()
+        self.messages.append(results_message(rendered, images))
         yield RoundDone(round_, usage)
         if self._interrupted.is_set():
             raise _Interrupted

@@ -86,9 +86,11 @@ class CodeWatcher:
         return self.text[: self.text.rfind("```", 0, self._code_start)].strip()
 
 
-def results_message(rendered: str) -> Message:
-    """Execution results as the next user turn, in a form every chat template accepts."""
-    return Message(role="user", content=f"Execution result:\n```text\n{rendered}\n```")
+def results_message(rendered: str, images: tuple[bytes, ...] = ()) -> Message:
+    """Execution results as the next user turn, in a form every chat template accepts; plots
+    ride along as image attachments for models that can see them."""
+    content = f"Execution result:\n```text\n{rendered}\n```"
+    return Message(role="user", content=content, images=images)
 
 
 def tool_code(call: ToolCall) -> str | None:
