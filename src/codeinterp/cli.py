@@ -196,6 +196,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             f"[cyan]{args.executor}[/cyan], workspace [cyan]{workspace}[/cyan]\n"
             "Type a task. /reset starts over, /exit leaves. Ctrl-C stops a running answer."
         )
+        for note in getattr(interpreter.session, "sandbox_notes", []):
+            console.print(f"[yellow]sandbox: {note}[/yellow]")
         printer = EventPrinter(console, workspace)
         while True:
             try:

@@ -300,6 +300,11 @@ class SandboxSession(ReplSession):
         return self._executor.hand_over(self)
 
     @property
+    def sandbox_notes(self) -> list[str]:
+        """What isolation this session lacks on this machine (empty when it has every layer)."""
+        return list(self._executor.degraded)
+
+    @property
     def cgroup(self) -> cgroups.SessionCgroup | None:
         """The session's cgroup (None where the machine gives none)."""
         worker = self._worker
@@ -325,8 +330,14 @@ class SandboxExecutor(ReplExecutor):
         self.policy = policy or SandboxPolicy()
         self.pool_size = pool_size
         self.folder = SharedFolder() if os.getuid() == 0 else None
-        self.template = TemplateProcess(self.policy, tuple(preload))
+        try:
+            self.template = TemplateProcess(self.policy, tuple(preload))
+        except BaseException:
+            if self.folder is not None:
+                self.folder.close()
+            raise
         self.cgroup_support = cgroups.detect()
+        self.degraded = self._degraded_layers()
         self._warm: collections.deque[SandboxChannel] = collections.deque()
         self._pool_lock = threading.Lock()
         self._pool_wanted = threading.Event()
@@ -338,6 +349,19 @@ class SandboxExecutor(ReplExecutor):
                 target=self._fill_loop, name="codeinterp-pool", daemon=True
             )
             self._filler.start()
+
+    def _degraded_layers(self) -> list[str]:
+        """Layers this machine does not give us, in words (shown by `chat` and `doctor`)."""
+        notes = []
+        missing = {"memory", "pids", "cpu"} - set(self.cgroup_support.controllers)
+        if missing:
+            notes.append(
+                f"no cgroup for {', '.join(sorted(missing))} (per-process rlimits instead): "
+                f"{self.cgroup_support.reason or 'not available'}"
+            )
+        if self.folder is None:
+            notes.append("workspace size and inode quota need root (per-file size limit only)")
+        return notes
 
     # -- the pool -------------------------------------------------------------------------
     def _spawn(self) -> SandboxChannel:
