@@ -258,3 +258,16 @@ def test_isolation_is_verified_from_the_host(victim: SandboxSession) -> None:
     assert isolation.no_new_privs and isolation.seccomp_mode == 2
     assert isolation.cap_effective == 0
     assert all(isolation.namespaces[ns] for ns in ("pid", "mnt", "net", "ipc", "uts"))
+
+
+def test_a_new_session_on_a_used_workspace_reads_its_files(
+    executor: SandboxExecutor, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "kept"
+    workspace.mkdir()
+    with executor.open(workspace=workspace) as first:
+        first.execute("open('notes.txt', 'w').write('from the first session')")
+    with executor.open(workspace=workspace) as second:
+        assert second.execute("print(open('notes.txt').read())").stdout == (
+            "from the first session\n"
+        )

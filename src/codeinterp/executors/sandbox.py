@@ -403,13 +403,22 @@ class SandboxExecutor(ReplExecutor):
     def open(self, *, workspace: Path | None = None) -> SandboxSession:
         if self._closed:
             raise SessionClosed("executor", "open a session")
-        uid = None if os.getuid() != 0 else UID_BASE + next(self._uids) % UID_RANGE
+        uid = self._uid_for(workspace) if os.getuid() == 0 else None
         session = SandboxSession(
             self, SandboxWorkspace(workspace, self.policy, uid, self.folder), uid
         )
         self._sessions = [s for s in self._sessions if s.state is not SessionState.CLOSED]
         self._sessions.append(session)
         return session
+
+    def _uid_for(self, workspace: Path | None) -> int:
+        """A session uid of its own; but a workspace a session used before keeps its uid, so a
+        replacement session (after a crash or a service restart) can read the files there."""
+        if workspace is not None and Path(workspace).is_dir():
+            owner = Path(workspace).stat().st_uid
+            if UID_BASE <= owner < UID_BASE + UID_RANGE:
+                return owner
+        return UID_BASE + next(self._uids) % UID_RANGE
 
     def _cgroup_for(self, pid: int) -> cgroups.SessionCgroup | None:
         if not self.cgroup_support.available:
