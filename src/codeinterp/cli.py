@@ -3,8 +3,11 @@
 Subcommands:
   chat     talk with a model that runs code in a session (interactive)
   run      one task, one shot (--json: the event stream)
+  eval     measure how often the loop solves a task suite
   exec     run code in a session of any executor, without a model
   doctor   which isolation layers this machine allows, and what a session gets
+  mcp      an MCP server (stdio or streamable HTTP) for Claude Desktop, IDEs, agents
+  export   a stored conversation as a Jupyter notebook (.ipynb)
 Environment variables are read here, at the edge, and nowhere else.
 """
 
@@ -251,6 +254,76 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.run()
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    if args.http and not args.allow_remote:
+        try:
+            loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise CodeinterpError(
+                f"--host {args.host} is not a loopback address; the server has no "
+                "authentication, so pass --allow-remote to serve it anyway."
+            )
+    try:
+        from codeinterp.mcp_server import serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "mcp" and not (exc.name or "").startswith("mcp."):
+            raise
+        raise CodeinterpError("`codeinterp mcp` needs: pip install 'codeinterp[mcp]'.") from exc
+    return serve(
+        executor=args.executor,
+        timeout_s=args.timeout_s,
+        workspace_root=args.workspace_root,
+        http=args.http,
+        host=args.host,
+        port=args.port,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from codeinterp.notebook import conversation_notebook, write_notebook
+    from codeinterp.store import Store, default_db_path
+
+    args.db = args.db or default_db_path()
+    if not args.db.exists():
+        raise CodeinterpError(
+            f"No conversation database at {args.db}: `codeinterp serve` stores them there "
+            "(--db PATH chooses another)."
+        )
+    with Store(args.db) as store:
+        conversations = store.list_conversations()
+        if args.list or args.conversation is None:
+            for c in conversations:
+                print(f"{c.id}  {c.created_at[:19].replace('T', ' ')}  {c.title or '(untitled)'}")
+            if not conversations:
+                print(f"No conversations in {args.db}.", file=sys.stderr)
+            return 0
+        # The full id, or an unambiguous prefix of it (as git takes commits).
+        found = [c for c in conversations if c.id == args.conversation] or [
+            c for c in conversations if c.id.startswith(args.conversation)
+        ]
+        if len(found) != 1:
+            problem = "matches several conversations" if found else "is no conversation"
+            raise CodeinterpError(
+                f"{args.conversation!r} {problem} in {args.db}; "
+                "`codeinterp export --list` shows the ids."
+            )
+        conversation = found[0]
+        nb = conversation_notebook(
+            store.events(conversation.id),
+            title=conversation.title,
+            metadata={"codeinterp": {"conversation": conversation.id, "model": conversation.model}},
+        )
+    name = "".join(ch if ch.isalnum() or ch in " ._-" else "_" for ch in conversation.title)
+    path = args.output or Path(f"{name.strip(' .')[:80] or conversation.id}.ipynb")
+    write_notebook(nb, path)
+    print(f"Wrote {path} ({len(nb['cells'])} cells).", file=sys.stderr)
+    return 0
+
+
 def _add_loop_options(parser: argparse.ArgumentParser) -> None:
     from codeinterp.models import DEFAULT_MODEL
 
@@ -365,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loop_options(one_shot)
     one_shot.set_defaults(handler=cmd_run)
 
+    from codeinterp.evaluation.cli import add_parser as add_eval_parser
+
+    add_eval_parser(commands, _add_loop_options, _model_options)
+
     doctor = commands.add_parser(
         "doctor",
         help="show which isolation layers this machine allows and what a session gets",
@@ -372,6 +449,62 @@ def build_parser() -> argparse.ArgumentParser:
         "then open a real sandbox session and read back from the host what it got.",
     )
     doctor.set_defaults(handler=cmd_doctor)
+
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve sessions to MCP clients (Claude Desktop, IDEs, other agents)",
+        description="An MCP server with tools to run Python in persistent sessions and to list, "
+        "read and write their workspace files. Speaks stdio unless --http is given.",
+    )
+    mcp.add_argument("--http", action="store_true", help="serve streamable HTTP at /mcp")
+    mcp.add_argument("--host", default="127.0.0.1", help="with --http (default: %(default)s)")
+    mcp.add_argument("--port", type=int, default=8765, help="with --http (default: %(default)s)")
+    mcp.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (no auth!)"
+    )
+    mcp.add_argument(
+        "--executor",
+        default=DEFAULT_EXECUTOR,
+        choices=sorted(available_executors()),
+        help=f"where the code runs (default: {DEFAULT_EXECUTOR})",
+    )
+    mcp.add_argument(
+        "--timeout-s",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help="default wall-clock limit per cell (default: %(default)g)",
+    )
+    mcp.add_argument(
+        "--workspace-root",
+        type=Path,
+        metavar="DIR",
+        help="keep each session's files in DIR/<session_id> (default: temporary, removed)",
+    )
+    mcp.set_defaults(handler=cmd_mcp)
+
+    export = commands.add_parser(
+        "export",
+        help="write a stored conversation as a Jupyter notebook",
+        description="Export a conversation stored by `codeinterp serve` as an .ipynb notebook: "
+        "the user's messages and the model's prose as markdown, its code with outputs and "
+        "plots as code cells.",
+    )
+    export.add_argument("conversation", nargs="?", metavar="CONVERSATION", help="its id")
+    export.add_argument(
+        "--ipynb", action="store_true", help="as a Jupyter notebook (the default and only format)"
+    )
+    export.add_argument(
+        "-o", "--output", type=Path, metavar="PATH", help="default: <title or id>.ipynb"
+    )
+    export.add_argument("--list", action="store_true", help="list the stored conversations")
+    export.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="the conversation database (default: ~/.local/share/codeinterp/codeinterp.db)",
+    )
+    export.set_defaults(handler=cmd_export)
     return parser
 
 

@@ -122,7 +122,8 @@ class LlamaCppModel:
                     finish = choice.get("finish_reason") or finish
                     if text:
                         produced += 1
-                        yield Delta(text=text)
+                        # Usage so far on every piece: the loop may stop reading at any point.
+                        yield Delta(text=text, usage=Usage(len(tokens), produced, cached))
             finally:
                 chunks.close()  # stops generation when the loop has seen enough
             usage = Usage(

@@ -1,0 +1,1 @@
+"""`codeinterp eval`: measure how often the loop solves tasks."""
