@@ -32,6 +32,7 @@ from codeinterp.render import clean_text, image_placeholder
 
 if TYPE_CHECKING:
     from codeinterp.agent import Event, Interpreter
+    from codeinterp.agent.packages import PackageInstaller
 
 DEFAULT_EXECUTOR = "sandbox"
 
@@ -168,7 +169,26 @@ def _interpreter(args: argparse.Namespace, stack: contextlib.ExitStack) -> Inter
     stack.callback(model.close)
     executor = stack.enter_context(get_executor(args.executor, timeout_s=args.timeout_s))
     session = stack.enter_context(executor.open(workspace=args.workspace))
-    return Interpreter(model, session, protocol=args.protocol, max_rounds=args.max_rounds)
+    return Interpreter(
+        model,
+        session,
+        protocol=args.protocol,
+        max_rounds=args.max_rounds,
+        installer=_installer(args),
+    )
+
+
+def _installer(args: argparse.Namespace) -> PackageInstaller | None:
+    from codeinterp.agent.packages import PackageInstaller, PackagePolicy
+
+    if not args.allow_install:
+        return None
+    allow = {}
+    for item in args.allow_install.split(","):
+        module, _, requirement = item.strip().partition("=")
+        allow[module] = requirement or module
+    policy = PackagePolicy(allow=allow, index_url=args.package_index, find_links=args.wheelhouse)
+    return PackageInstaller(policy)
 
 
 def _drain(
@@ -352,6 +372,14 @@ def _add_loop_options(parser: argparse.ArgumentParser) -> None:
         "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per cell"
     )
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for local models")
+    parser.add_argument(
+        "--allow-install",
+        metavar="MODULES",
+        help="missing modules the supervisor may install, e.g. 'yaml=pyyaml,tabulate' "
+        "(off by default)",
+    )
+    parser.add_argument("--wheelhouse", type=Path, metavar="DIR", help="install from these wheels")
+    parser.add_argument("--package-index", metavar="URL", help="install from this index")
     parser.add_argument(
         "--base-url", metavar="URL", help="OpenAI-compatible server (default: $OPENAI_BASE_URL)"
     )

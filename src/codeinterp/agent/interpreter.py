@@ -22,6 +22,7 @@ from codeinterp.agent.events import (
     StopReason,
     TextDelta,
 )
+from codeinterp.agent.packages import PackageInstaller
 from codeinterp.agent.prompts import default_system_prompt
 from codeinterp.agent.protocols import (
     MARKDOWN_GRAMMAR,
@@ -60,6 +61,7 @@ class Interpreter:
         constrain: bool | None = None,
         temperature: float = 0.0,
         model_options: dict[str, Any] | None = None,
+        installer: PackageInstaller | None = None,
     ) -> None:
         self.model = model
         self.session = session
@@ -71,6 +73,7 @@ class Interpreter:
         self.constrain = model.supports_grammar if constrain is None else constrain
         self.temperature = temperature
         self.model_options = dict(model_options or {})  # passed to every model.stream()
+        self.installer = installer  # installs allowed missing packages (off by default)
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
         self._interrupted = threading.Event()
@@ -147,7 +150,7 @@ class Interpreter:
             yield RoundDone(round_, usage)
             return "answered", watcher.prose
         execution = yield from self._run(watcher.code, round_)
-        rendered = render_for_model(execution, max_chars=self.result_max_chars)
+        rendered = self._render(execution)
         images = tuple(execution.images()) if self.model.supports_images else ()
         self.messages.append(results_message(rendered, images))
         yield RoundDone(round_, usage)
@@ -180,12 +183,18 @@ class Interpreter:
                 content = f"Unknown tool {call.name!r}: the only tool is `python` with `code`."
             else:
                 execution = yield from self._run(code, round_)
-                content = render_for_model(execution, max_chars=self.result_max_chars)
+                content = self._render(execution)
             self.messages.append(Message(role="tool", content=content, tool_call_id=call.id))
         yield RoundDone(round_, usage)
         if self._interrupted.is_set():
             raise _Interrupted
         return None, text.strip()
+
+    def _render(self, execution: Execution) -> str:
+        """The result as the model reads it, with a note if a missing package was handled."""
+        rendered = render_for_model(execution, max_chars=self.result_max_chars)
+        note = self.installer.handle(self.session, execution) if self.installer else None
+        return f"{rendered}\n{note}" if note else rendered
 
     # -- running code ---------------------------------------------------------------------
     def _run(self, code: str, round_: int) -> Generator[Event, None, Execution]:

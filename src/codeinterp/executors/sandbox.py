@@ -299,6 +299,8 @@ class SandboxSession(ReplSession):
     def _new_worker(self) -> WorkerChannel:
         return self._executor.hand_over(self)
 
+    workspace_inside = "/workspace"  # where the session itself sees its workspace
+
     @property
     def sandbox_notes(self) -> list[str]:
         """What isolation this session lacks on this machine (empty when it has every layer)."""

@@ -41,6 +41,8 @@ class Worker:
         os.chdir(workspace)
         # The workspace goes last on sys.path: the user's modules import, stdlib ones win.
         sys.path.append(str(workspace))
+        # Packages the supervisor installed for this session (see agent/packages.py).
+        sys.path.append(str(workspace / ".codeinterp" / "site-packages"))
         self.runner = CellRunner(self.mux.emit)
         sys.modules["__main__"] = self.runner.module
         self.flusher = Flusher(self.mux)
