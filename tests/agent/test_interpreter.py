@@ -188,3 +188,23 @@ def test_plots_reach_a_vision_model_as_images_and_others_as_placeholders(
             assert len(results.images) == 1 and results.images[0].startswith(b"\x89PNG")
         else:
             assert results.images == ()
+
+
+def test_the_model_is_told_which_files_the_workspace_holds(session: Session) -> None:
+    (session.workspace / "sales.csv").write_text("region,amount\nnorth,3\n")
+    model = ScriptedModel(["Noted."])
+    run(Interpreter(model, session), "total amount?")
+    user = model.prompts[0][-1].content
+    assert user.startswith("total amount?")
+    assert "- sales.csv (" in user and "columns: region,amount" in user
+    plain = ScriptedModel(["Noted."])
+    run(Interpreter(plain, session, show_files=False), "total amount?")
+    assert plain.prompts[0][-1].content == "total amount?"
+
+
+def test_after_an_error_the_model_is_asked_for_fixed_code(session: Session) -> None:
+    model = ScriptedModel(["```python\n1 / 0\n```", "Sorry."])
+    run(Interpreter(model, session), "divide")
+    assert model.prompts[1][-1].content.endswith(
+        "Write the corrected code in one block and run it again."
+    )

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Generator, Iterator
 from typing import Any, Literal
 
+from codeinterp.agent.context import workspace_listing
 from codeinterp.agent.events import (
     CodeBlock,
     Event,
@@ -39,6 +40,7 @@ from codeinterp.render import render_for_model
 Protocol = Literal["markdown", "tools"]
 Step = tuple[StopReason | None, str]  # (why the turn ended, or None to go on; latest prose)
 DEFAULT_MAX_ROUNDS = 6
+ERROR_HINT = "The code failed. Write the corrected code in one block and run it again."
 
 
 class _Interrupted(Exception):
@@ -62,6 +64,8 @@ class Interpreter:
         temperature: float = 0.0,
         model_options: dict[str, Any] | None = None,
         installer: PackageInstaller | None = None,
+        show_files: bool = True,
+        error_hint: bool = True,
     ) -> None:
         self.model = model
         self.session = session
@@ -74,6 +78,8 @@ class Interpreter:
         self.temperature = temperature
         self.model_options = dict(model_options or {})  # passed to every model.stream()
         self.installer = installer  # installs allowed missing packages (off by default)
+        self.show_files = show_files  # tell the model which files the workspace holds
+        self.error_hint = error_hint  # after an error, ask for fixed code, not an explanation
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
         self._interrupted = threading.Event()
@@ -93,6 +99,10 @@ class Interpreter:
     def chat(self, text: str) -> Iterator[Event]:
         """One user turn: rounds of generation and execution until the model answers."""
         self._interrupted.clear()
+        if self.show_files:
+            listing = workspace_listing(self.session.workspace)
+            if listing:
+                text = f"{text}\n\n{listing}"
         last = self.messages[-1]
         if last.role == "user":
             # The previous turn stopped (round limit, interrupt) after results the model never
@@ -194,6 +204,8 @@ class Interpreter:
         """The result as the model reads it, with a note if a missing package was handled."""
         rendered = render_for_model(execution, max_chars=self.result_max_chars)
         note = self.installer.handle(self.session, execution) if self.installer else None
+        if note is None and self.error_hint and (execution.error or execution.lost):
+            note = ERROR_HINT
         return f"{rendered}\n{note}" if note else rendered
 
     # -- running code ---------------------------------------------------------------------
