@@ -160,9 +160,9 @@ class Interpreter:
             yield RoundDone(round_, usage)
             return "answered", watcher.prose
         execution = yield from self._run(watcher.code, round_)
-        rendered = self._render(execution)
+        rendered, note = self._render(execution)
         images = tuple(execution.images()) if self.model.supports_images else ()
-        self.messages.append(results_message(rendered, images))
+        self.messages.append(results_message(rendered, images, note))
         yield RoundDone(round_, usage)
         if self._interrupted.is_set():
             raise _Interrupted
@@ -193,20 +193,20 @@ class Interpreter:
                 content = f"Unknown tool {call.name!r}: the only tool is `python` with `code`."
             else:
                 execution = yield from self._run(code, round_)
-                content = self._render(execution)
+                content = "\n".join(part for part in self._render(execution) if part)
             self.messages.append(Message(role="tool", content=content, tool_call_id=call.id))
         yield RoundDone(round_, usage)
         if self._interrupted.is_set():
             raise _Interrupted
         return None, text.strip()
 
-    def _render(self, execution: Execution) -> str:
-        """The result as the model reads it, with a note if a missing package was handled."""
+    def _render(self, execution: Execution) -> tuple[str, str]:
+        """The result as the model reads it, and a note for it (a package installed, a hint)."""
         rendered = render_for_model(execution, max_chars=self.result_max_chars)
         note = self.installer.handle(self.session, execution) if self.installer else None
         if note is None and self.error_hint and (execution.error or execution.lost):
             note = ERROR_HINT
-        return f"{rendered}\n{note}" if note else rendered
+        return rendered, note or ""
 
     # -- running code ---------------------------------------------------------------------
     def _run(self, code: str, round_: int) -> Generator[Event, None, Execution]:

@@ -86,10 +86,12 @@ class CodeWatcher:
         return self.text[: self.text.rfind("```", 0, self._code_start)].strip()
 
 
-def results_message(rendered: str, images: tuple[bytes, ...] = ()) -> Message:
+def results_message(rendered: str, images: tuple[bytes, ...] = (), note: str = "") -> Message:
     """Execution results as the next user turn, in a form every chat template accepts; plots
-    ride along as image attachments for models that can see them."""
+    ride along as image attachments for models that can see them; a note follows the output."""
     content = f"Execution result:\n```text\n{rendered}\n```"
+    if note:
+        content += f"\n{note}"
     return Message(role="user", content=content, images=images)
 
 
