@@ -198,14 +198,7 @@ def _become_user(uid: int, gid: int) -> None:
 
 def _become_user_in_new_namespace() -> None:
     """Non-root host: a nested user namespace where we are uid 1000, mapped to the host user."""
-    outer_uid, outer_gid = os.getuid(), os.getgid()
-    linux.unshare(linux.CLONE_NEWUSER)
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{SESSION_UID} {outer_uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{SESSION_UID} {outer_gid} 1")
+    linux.enter_user_namespace(SESSION_UID, os.getuid(), os.getgid())
     linux.drop_capability_bounding_set()
     os.setresgid(SESSION_UID, SESSION_UID, SESSION_UID)
     os.setresuid(SESSION_UID, SESSION_UID, SESSION_UID)

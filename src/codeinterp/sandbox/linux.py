@@ -70,6 +70,19 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
+def enter_user_namespace(inner_id: int, outer_uid: int, outer_gid: int) -> None:
+    """Unshare a user namespace where `inner_id` is our uid and gid, mapped to the outer ones
+    (one id each, as an unprivileged process may map only itself)."""
+    unshare(CLONE_NEWUSER)
+    for name, text in (
+        ("setgroups", "deny"),  # required before an unprivileged gid_map
+        ("uid_map", f"{inner_id} {outer_uid} 1"),
+        ("gid_map", f"{inner_id} {outer_gid} 1"),
+    ):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
 def mount(
     source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
 ) -> None:

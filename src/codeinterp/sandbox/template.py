@@ -89,14 +89,7 @@ def preload(modules: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def enter_own_user_namespace() -> None:
     """Non-root: become root of a user namespace of our own, mapped to our real uid."""
-    uid, gid = os.getuid(), os.getgid()
-    linux.unshare(linux.CLONE_NEWUSER)
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"0 {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"0 {gid} 1")
+    linux.enter_user_namespace(0, os.getuid(), os.getgid())
 
 
 class Template:
