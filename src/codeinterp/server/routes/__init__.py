@@ -1,0 +1,1 @@
+"""The /api routes, one module per part of docs/http-api.md."""
