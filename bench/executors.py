@@ -5,6 +5,8 @@ Run from the repository root:
     .venv/bin/python -m bench.executors                       # every available backend
     .venv/bin/python -m bench.executors --executors repl,jupyter --repeat 10
     .venv/bin/python -m bench.executors --quick               # a fast smoke run
+    CODEINTERP_GATEWAY_TOKEN=... .venv/bin/python -m bench.executors --gateway-url URL
+                                                              # also kernels on a Kernel Gateway
 
 What is measured, per backend, in one process and one run (DESIGN.md §3 sets the targets):
 
@@ -42,7 +44,8 @@ from codeinterp.executors import Executor, Session, available_executors, get_exe
 from codeinterp.outputs import Execution
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "executors.json"
-COLUMN_ORDER = ["repl", "subprocess", "inprocess", "jupyter"]  # others (e.g. sandbox) first
+# Others (e.g. sandbox) come first.
+COLUMN_ORDER = ["repl", "subprocess", "inprocess", "jupyter", "gateway"]
 
 FIRST_RESULT_CELL = "1+1"
 TRIVIAL_CELL = "x = 1"
@@ -85,6 +88,7 @@ class Settings:
     sessions: int  # sessions open at once for the memory measurement
     timeout_s: float  # per cell
     json_path: Path
+    gateway_url: str | None = None  # the `gateway` backend's; its token: $CODEINTERP_GATEWAY_TOKEN
 
 
 # --- checks: what each timed cell must have produced -----------------------------------------
@@ -247,6 +251,8 @@ def measure_warm_cells(run: BackendRun, executor: Executor, settings: Settings) 
 
 def session_memory_na(run: BackendRun) -> str | None:
     """Why per-session memory cannot be measured on this backend, or None if it can."""
+    if run.name == "gateway":
+        return "kernels are the gateway's processes, possibly on another host"
     if not run.capabilities.get("separate_process", True):
         return "sessions run inside the caller's process; there is no session process to measure"
     if not run.capabilities.get("stateful", True):
@@ -325,11 +331,18 @@ def _memory_dict(memory: Memory) -> dict[str, int]:
 # --- one backend, then all of them ---------------------------------------------------------------
 
 
-def create_executor(run: BackendRun) -> Executor | None:
+def create_executor(run: BackendRun, settings: Settings) -> Executor | None:
     """The executor through `get_executor`, timed; None (and `run.unavailable`) if it fails."""
+    options: dict[str, Any] = {}
+    if run.name == "gateway":
+        if settings.gateway_url is None:
+            run.unavailable = "needs --gateway-url URL (a running Jupyter Kernel Gateway)"
+            return None
+        token = os.environ.get("CODEINTERP_GATEWAY_TOKEN")
+        options = {"url": settings.gateway_url, "token": token}
     start = time.perf_counter()
     try:
-        executor = get_executor(run.name)
+        executor = get_executor(run.name, **options)
     except Exception as exc:  # missing extras, no kernel, ...: report it, go on
         run.unavailable = f"{type(exc).__name__}: {exc}"
         return None
@@ -363,7 +376,7 @@ def run_all(names: list[str], settings: Settings) -> list[BackendRun]:
     threads behind, so it must not run before the backends whose numbers it could disturb.
     """
     runs = [BackendRun(name) for name in names]
-    executors = {run.name: create_executor(run) for run in runs}
+    executors = {run.name: create_executor(run, settings) for run in runs}
     in_caller = [r for r in runs if not r.capabilities.get("separate_process", True)]
     for run in [r for r in runs if r not in in_caller] + in_caller:
         executor = executors[run.name]
@@ -398,6 +411,13 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per cell")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    parser.add_argument(
+        "--gateway-url",
+        metavar="URL",
+        help="measure the gateway backend on this Jupyter Kernel Gateway (token: "
+        "$CODEINTERP_GATEWAY_TOKEN); start it with "
+        "--ZMQChannelsWebsocketConnection.limit_rate=False or it drops the 1 MiB print",
+    )
     args = parser.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 5)
     names = [n.strip() for n in args.executors.split(",") if n.strip()] if args.executors else None
@@ -408,6 +428,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
         sessions=max(1, args.sessions or (2 if args.quick else 5)),
         timeout_s=args.timeout,
         json_path=args.json,
+        gateway_url=args.gateway_url,
     )
     return settings, names is not None
 

@@ -8,6 +8,7 @@ Subcommands:
   doctor   which isolation layers this machine allows, and what a session gets
   mcp      an MCP server (stdio or streamable HTTP) for Claude Desktop, IDEs, agents
   export   a stored conversation as a Jupyter notebook (.ipynb)
+  serve    the HTTP API and web page (sessions, files, conversations over SSE)
 Environment variables are read here, at the edge, and nowhere else.
 """
 
@@ -121,6 +122,13 @@ def _cells(args: argparse.Namespace, stdin: TextIO) -> list[str]:
 def cmd_exec(args: argparse.Namespace) -> int:
     cells = _cells(args, sys.stdin)
     options = {"timeout_s": args.timeout_s, "max_output_chars": args.max_output_chars}
+    if args.executor == "gateway":
+        if not args.gateway_url:
+            raise CodeinterpError("--executor gateway needs --gateway-url URL.")
+        token = os.environ.get("CODEINTERP_GATEWAY_TOKEN")
+        options |= {"url": args.gateway_url, "token": token}
+    elif args.gateway_url:
+        raise CodeinterpError("--gateway-url is only for --executor gateway.")
     with warnings.catch_warnings():
         if args.executor == "inprocess":
             warnings.simplefilter("always")
@@ -344,7 +352,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_loop_options(parser: argparse.ArgumentParser) -> None:
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    import secrets
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not args.allow_remote:
+        raise CodeinterpError(
+            f"--host {args.host} is not a loopback address, and the API runs code on this "
+            "machine; bind 127.0.0.1, or pass --allow-remote to serve other machines anyway "
+            "(put TLS in front: the token is the only protection)."
+        )
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise CodeinterpError("`codeinterp serve` needs: pip install 'codeinterp[serve]'.") from exc
+    from codeinterp.server.app import serve
+    from codeinterp.server.settings import ServerSettings, default_data_dir
+    from codeinterp.store import default_db_path
+
+    token = args.token or os.environ.get("CODEINTERP_TOKEN") or secrets.token_urlsafe(24)
+    settings = ServerSettings(
+        token=token,
+        model=args.model,
+        executor=args.executor,
+        db_path=args.db or default_db_path(),
+        data_dir=args.data_dir or default_data_dir(),
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        cell_timeout_s=args.timeout_s,
+        protocol=args.protocol,
+        max_rounds=args.max_rounds,
+        model_options=_model_options(args),
+        installer=_installer(args),
+    )
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"codeinterp serve: http://{shown}:{args.port}/#token={token}", flush=True)
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, *, workspace: bool = True) -> None:
     from codeinterp.models import DEFAULT_MODEL
 
     parser.add_argument(
@@ -360,7 +411,8 @@ def _add_loop_options(parser: argparse.ArgumentParser) -> None:
         choices=sorted(available_executors()),
         help=f"where the code runs (default: {DEFAULT_EXECUTOR})",
     )
-    parser.add_argument("--workspace", type=Path, metavar="DIR", help="the session's folder")
+    if workspace:
+        parser.add_argument("--workspace", type=Path, metavar="DIR", help="the session's folder")
     parser.add_argument(
         "--protocol",
         choices=("markdown", "tools"),
@@ -437,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_OUTPUT_CHARS,
         metavar="N",
         help="stream output kept per cell, head + tail (default: %(default)s)",
+    )
+    run.add_argument(
+        "--gateway-url",
+        metavar="URL",
+        help="with --executor gateway: the Jupyter (Enterprise) Gateway, e.g. "
+        "http://127.0.0.1:8888; its token is read from $CODEINTERP_GATEWAY_TOKEN",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object per cell")
     run.add_argument(
@@ -533,6 +591,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="the conversation database (default: ~/.local/share/codeinterp/codeinterp.db)",
     )
     export.set_defaults(handler=cmd_export)
+
+    server = commands.add_parser(
+        "serve",
+        help="serve the HTTP API and the web page",
+        description="The HTTP API (sessions, execute, files, conversations over Server-Sent "
+        "Events, .ipynb export) and the web page. Every /api request needs the token printed "
+        "at start.",
+    )
+    server.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    server.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    server.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
+    server.add_argument(
+        "--token", help="the API token (default: $CODEINTERP_TOKEN, else a new random one)"
+    )
+    server.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="conversation database (default: ~/.local/share/codeinterp/codeinterp.db)",
+    )
+    server.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="conversation workspaces (default: ~/.local/share/codeinterp/workspaces)",
+    )
+    server.add_argument(
+        "--max-upload-mb", type=float, default=100, metavar="N", help="default: %(default)g"
+    )
+    _add_loop_options(server, workspace=False)
+    server.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -32,6 +32,7 @@ ENTRY_POINT_GROUP = "codeinterp.executors"
 BUILTIN = {
     "sandbox": "codeinterp.executors.sandbox:SandboxExecutor",
     "jupyter": "codeinterp.executors.jupyter:JupyterExecutor",
+    "gateway": "codeinterp.executors.gateway:GatewayExecutor",
     "repl": "codeinterp.executors.repl:ReplExecutor",
     "subprocess": "codeinterp.executors.subprocess:SubprocessExecutor",
     "inprocess": "codeinterp.executors.inprocess:InProcessExecutor",

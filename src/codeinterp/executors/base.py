@@ -38,6 +38,10 @@ class Capabilities:
     """User code runs outside the caller's process (close() leaves no process behind)."""
     isolated: bool = False
     """User code is confined by a sandbox (namespaces, seccomp, limits)."""
+    local_workspace: bool = True
+    """`session.workspace` is a directory on this machine (False: it is on a remote host)."""
+    reports_exit_cause: bool = True
+    """A dead interpreter's exit code or signal is known and put in `Execution.lost`."""
 
 
 class SessionState(enum.Enum):

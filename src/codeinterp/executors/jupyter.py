@@ -41,7 +41,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 # was lost): flush the other stream before writing to one; `write` is a property as IPython
 # re-patches it per cell. Add `.buffer`. Output written to fd 1/2 as a cell ends came after its
 # reply: after each cell, send a mark down each fd's pipe and wait for ipykernel's reader.
-_PY_SETUP = """
+PY_SETUP = """
 def _codeinterp_setup():
     import fcntl, io, os, sys, termios, threading, time
     if (OutStream := type(sys.stdout)).__name__ != "OutStream": return  # not ipykernel
@@ -90,11 +90,22 @@ del _codeinterp_setup
 """
 
 
-def _error(content: dict[str, Any]) -> Error:
+def kernel_error(content: dict[str, Any]) -> Error:
     """ANSI codes stripped and IPython's `-----` ruler dropped: ename/evalue plus frames."""
     ename, evalue = (_ANSI.sub("", str(content.get(key, ""))) for key in ("ename", "evalue"))
     lines = (_ANSI.sub("", str(line)) for line in content.get("traceback") or [])
     return Error(ename, evalue, [line for line in lines if line.strip().strip("-")])
+
+
+def collect_output(kind: str, content: dict[str, Any], out: OutputCollector) -> None:
+    """Feed one iopub message's stream text or rich output to `out`; other kinds are ignored."""
+    if kind == "stream":
+        stderr = content.get("name") == "stderr"
+        out.stream("stderr" if stderr else "stdout", str(content.get("text", "")))
+    elif kind in ("display_data", "update_display_data", "execute_result"):
+        data = decode_bundle(content.get("data") or {})
+        meta = dict(content.get("metadata") or {})
+        out.display(Display(data, meta, is_result=kind == "execute_result"))
 
 
 class _Kernel:
@@ -220,7 +231,7 @@ class JupyterSession:
             kernel = _Kernel(name, self.workspace, self._rundir)
             kernel.wait_ready(START_TIMEOUT_S)
             if kernel.python:
-                setup = self._run(kernel, _PY_SETUP, START_TIMEOUT_S, OutputCollector(), True)
+                setup = self._run(kernel, PY_SETUP, START_TIMEOUT_S, OutputCollector(), True)
                 if not setup.ok:
                     raise RuntimeError(f"its set-up failed: {setup.lost or setup.error}")
         except BaseException as exc:
@@ -286,14 +297,9 @@ class JupyterSession:
                 elif kind == "status":
                     idle = idle or content.get("execution_state") == "idle"
                 elif kind == "error":
-                    error = _error(content)
-                elif kind == "stream":
-                    stderr = content.get("name") == "stderr"
-                    out.stream("stderr" if stderr else "stdout", str(content.get("text", "")))
-                elif kind in ("display_data", "update_display_data", "execute_result"):
-                    data = decode_bundle(content.get("data") or {})
-                    meta = dict(content.get("metadata") or {})
-                    out.display(Display(data, meta, is_result=kind == "execute_result"))
+                    error = kernel_error(content)
+                else:
+                    collect_output(kind, content, out)
             if not msgs and (cause := kernel.exit_cause()) is not None:
                 return self._lose(kernel, out, error, cause, timed_out=interrupted)
         return out.finish(error=error, execution_count=count, timed_out=interrupted)
