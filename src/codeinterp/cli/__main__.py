@@ -1,0 +1,3 @@
+from codeinterp.cli import main
+
+raise SystemExit(main())
