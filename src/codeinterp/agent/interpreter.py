@@ -26,6 +26,7 @@ from codeinterp.agent.events import (
 from codeinterp.agent.packages import PackageInstaller
 from codeinterp.agent.prompts import default_system_prompt
 from codeinterp.agent.protocols import (
+    CODE_FIRST_GRAMMAR,
     MARKDOWN_GRAMMAR,
     PYTHON_TOOL,
     CodeWatcher,
@@ -66,6 +67,7 @@ class Interpreter:
         installer: PackageInstaller | None = None,
         show_files: bool = True,
         error_hint: bool = True,
+        code_first: bool = False,
     ) -> None:
         self.model = model
         self.session = session
@@ -80,6 +82,7 @@ class Interpreter:
         self.installer = installer  # installs allowed missing packages (off by default)
         self.show_files = show_files  # tell the model which files the workspace holds
         self.error_hint = error_hint  # after an error, ask for fixed code, not an explanation
+        self.code_first = code_first  # with a grammar: each turn's first reply opens with code
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
         self._interrupted = threading.Event()
@@ -134,6 +137,8 @@ class Interpreter:
         watcher = CodeWatcher()
         usage: Usage | None = None
         grammar = MARKDOWN_GRAMMAR if self.constrain else None
+        if self.constrain and self.code_first and round_ == 1:
+            grammar = CODE_FIRST_GRAMMAR
         stream = self.model.stream(
             self.messages, grammar=grammar, temperature=self.temperature, **self.model_options
         )

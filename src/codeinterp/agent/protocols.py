@@ -42,6 +42,13 @@ prose ::= ( [^`] | "`" [^`] | "``" [^`] )*
 code  ::= ( [^`] | "`" [^`] | "``" [^`] )+
 rest  ::= [^\x00]*
 """
+# The first reply of a turn starts with its code block: a small model may not answer from its
+# head (it does, confidently and wrongly, when allowed), and writes far fewer tokens.
+CODE_FIRST_GRAMMAR = r"""
+root  ::= "```python\n" code "\n```" rest
+code  ::= ( [^`] | "`" [^`] | "``" [^`] )+
+rest  ::= [^\x00]*
+"""
 
 
 @dataclass
