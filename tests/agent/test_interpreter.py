@@ -208,3 +208,11 @@ def test_after_an_error_the_model_is_asked_for_fixed_code(session: Session) -> N
     assert model.prompts[1][-1].content.endswith(
         "Write the corrected code in one block and run it again."
     )
+
+
+def test_code_first_constrains_only_the_first_reply_of_a_turn(session: Session) -> None:
+    from codeinterp.agent.protocols import CODE_FIRST_GRAMMAR, MARKDOWN_GRAMMAR
+
+    model = ScriptedModel(["```python\n1\n```", "It is 1."])
+    run(Interpreter(model, session, constrain=True, code_first=True), "one?")
+    assert [c["grammar"] for c in model.calls] == [CODE_FIRST_GRAMMAR, MARKDOWN_GRAMMAR]
