@@ -67,7 +67,7 @@ class Interpreter:
         installer: PackageInstaller | None = None,
         show_files: bool = True,
         error_hint: bool = True,
-        code_first: bool = False,
+        code_first: bool = True,
     ) -> None:
         self.model = model
         self.session = session
