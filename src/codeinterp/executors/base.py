@@ -10,11 +10,13 @@ from __future__ import annotations
 import enum
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
+from codeinterp.errors import SessionClosed
 from codeinterp.outputs import Execution, Output
 
 OnOutput = Callable[[Output], None]
@@ -101,6 +103,33 @@ class Executor(Protocol):
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc_info: object) -> None: ...
+
+
+class SessionTracker:
+    """What every executor does with its sessions: remember the open ones, refuse new ones once
+    closed, and close them all on `close()` (also as a context manager)."""
+
+    _closed: bool = False
+
+    def _track(self, session: Session) -> None:
+        if not hasattr(self, "_open_sessions"):
+            self._open_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._open_sessions.add(session)
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise SessionClosed("executor", "open a session")
+
+    def close(self) -> None:
+        self._closed = True
+        for session in list(getattr(self, "_open_sessions", ())):
+            session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Workspace:

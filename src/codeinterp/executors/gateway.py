@@ -25,14 +25,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from codeinterp import errors
 from codeinterp.executors import base
-from codeinterp.executors.base import Capabilities, OnOutput, SessionState
+from codeinterp.executors.base import Capabilities, OnOutput, SessionState, SessionTracker
 from codeinterp.executors.collect import OutputCollector
 from codeinterp.executors.jupyter import INLINE_BACKEND, PY_SETUP, collect_output, kernel_error
 from codeinterp.outputs import Error, Execution
@@ -391,7 +390,7 @@ def _lost(msg: dict[str, Any]) -> str | None:
     return _LOST_STATES.get(str(msg["content"].get("execution_state")))
 
 
-class GatewayExecutor:
+class GatewayExecutor(SessionTracker):
     """Opens sessions on kernels of a Jupyter (Enterprise) Gateway at `url`.
 
     `token`: the gateway's `KG_AUTH_TOKEN` (the CLI reads it from $CODEINTERP_GATEWAY_TOKEN).
@@ -440,8 +439,6 @@ class GatewayExecutor:
                 f"(it has: {', '.join(sorted(specs)) or 'none'})."
             )
         self.language = str(specs[kernel_name].get("spec", {}).get("language", "")).lower()
-        self._sessions: weakref.WeakSet[GatewaySession] = weakref.WeakSet()
-        self._closed = False
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"} if self.token else {}
@@ -468,23 +465,11 @@ class GatewayExecutor:
 
     def open(self, *, workspace: Path | None = None) -> GatewaySession:
         """A session on a new kernel. `workspace` is a directory on the gateway's side."""
-        if self._closed:
-            raise errors.SessionClosed("executor", "open a session")
+        self._ensure_open()
         if workspace is not None and self.language != "python":
             raise errors.ConfigError(
                 f"A workspace can only be set for Python kernels, not {self.kernel_name!r}."
             )
         session = GatewaySession(self, workspace)
-        self._sessions.add(session)
+        self._track(session)
         return session
-
-    def close(self) -> None:
-        self._closed = True
-        for session in list(self._sessions):
-            session.close()
-
-    def __enter__(self) -> GatewayExecutor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -19,13 +19,19 @@ import tempfile
 import threading
 import time
 import uuid
-import weakref
 from pathlib import Path
 from typing import Any
 
 from codeinterp import errors
 from codeinterp.executors import base
-from codeinterp.executors.base import Capabilities, OnOutput, SessionState, Workspace, describe_exit
+from codeinterp.executors.base import (
+    Capabilities,
+    OnOutput,
+    SessionState,
+    SessionTracker,
+    Workspace,
+    describe_exit,
+)
 from codeinterp.executors.collect import OutputCollector
 from codeinterp.outputs import Display, Error, Execution, decode_bundle
 
@@ -355,7 +361,7 @@ class JupyterSession:
         self.close()
 
 
-class JupyterExecutor:
+class JupyterExecutor(SessionTracker):
     """Opens sessions on a named Jupyter kernel; closing it closes every session it opened."""
 
     name = "jupyter"
@@ -384,23 +390,9 @@ class JupyterExecutor:
             ) from exc
         self.kernel_name, self.timeout_s = kernel_name, timeout_s
         self.max_output_chars, self.interrupt_grace_s = max_output_chars, interrupt_grace_s
-        self._sessions: weakref.WeakSet[JupyterSession] = weakref.WeakSet()
-        self._closed = False
 
     def open(self, *, workspace: Path | None = None) -> JupyterSession:
-        if self._closed:
-            raise errors.SessionClosed("executor", "open a session")
+        self._ensure_open()
         session = JupyterSession(self, workspace)
-        self._sessions.add(session)
+        self._track(session)
         return session
-
-    def close(self) -> None:
-        self._closed = True
-        for session in list(self._sessions):
-            session.close()
-
-    def __enter__(self) -> JupyterExecutor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
