@@ -204,7 +204,7 @@ def test_the_model_is_told_which_files_the_workspace_holds(session: Session) -> 
 
 def test_after_an_error_the_model_is_asked_for_fixed_code(session: Session) -> None:
     model = ScriptedModel(["```python\n1 / 0\n```", "Sorry."])
-    run(Interpreter(model, session), "divide")
+    run(Interpreter(model, session, error_hint=True), "divide")
     assert model.prompts[1][-1].content.endswith(
         "Write the corrected code in one block and run it again."
     )

@@ -66,7 +66,7 @@ class Interpreter:
         model_options: dict[str, Any] | None = None,
         installer: PackageInstaller | None = None,
         show_files: bool = True,
-        error_hint: bool = True,
+        error_hint: bool = False,
         code_first: bool = True,
     ) -> None:
         self.model = model
