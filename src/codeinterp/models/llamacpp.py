@@ -99,7 +99,8 @@ class LlamaCppModel:
         prompt, template_stop = self.prompt(messages)
         with self._lock:
             tokens = self._llm.tokenize(prompt.encode("utf-8"), special=True)
-            cached = self._llm.longest_token_prefix(self._llm.input_ids.tolist(), tokens)
+            evaluated = self._llm.input_ids[: self._llm.n_tokens].tolist()  # what the cache holds
+            cached = self._llm.longest_token_prefix(evaluated, tokens)
             compiled = (
                 self._llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
                 if grammar
