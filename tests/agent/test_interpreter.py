@@ -193,12 +193,12 @@ def test_plots_reach_a_vision_model_as_images_and_others_as_placeholders(
 def test_the_model_is_told_which_files_the_workspace_holds(session: Session) -> None:
     (session.workspace / "sales.csv").write_text("region,amount\nnorth,3\n")
     model = ScriptedModel(["Noted."])
-    run(Interpreter(model, session), "total amount?")
+    run(Interpreter(model, session, show_files=True), "total amount?")
     user = model.prompts[0][-1].content
     assert user.startswith("total amount?")
     assert "- sales.csv (" in user and "columns: region,amount" in user
     plain = ScriptedModel(["Noted."])
-    run(Interpreter(plain, session, show_files=False), "total amount?")
+    run(Interpreter(plain, session), "total amount?")  # off by default
     assert plain.prompts[0][-1].content == "total amount?"
 
 

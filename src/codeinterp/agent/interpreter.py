@@ -65,7 +65,7 @@ class Interpreter:
         temperature: float = 0.0,
         model_options: dict[str, Any] | None = None,
         installer: PackageInstaller | None = None,
-        show_files: bool = True,
+        show_files: bool = False,
         error_hint: bool = False,
         code_first: bool = True,
     ) -> None:
