@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from codeinterp.agent import (
     CodeBlock,
@@ -17,21 +14,9 @@ from codeinterp.agent import (
     RoundDone,
     TextDelta,
 )
-from codeinterp.executors import Executor, Session, get_executor
+from codeinterp.executors import Session
 from codeinterp.models.base import ToolCall
 from codeinterp.models.scripted import ScriptedModel
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[Executor]:
-    with get_executor("sandbox", timeout_s=30) as ex:
-        yield ex
-
-
-@pytest.fixture
-def session(executor: Executor) -> Iterator[Session]:
-    with executor.open() as s:
-        yield s
 
 
 def run(interpreter: Interpreter, text: str) -> list[Event]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from codeinterp.agent import Finished, Interpreter
 from codeinterp.agent.packages import PackageInstaller, PackagePolicy
-from codeinterp.executors import Executor, get_executor
+from codeinterp.executors import Executor
 from codeinterp.models.scripted import ScriptedModel
 
 USE_IT = "```python\nimport tinypkg\nprint(tinypkg.ANSWER)\n```"
@@ -35,12 +34,6 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert list(house.glob("tinypkg-1.0-*.whl"))
     return house
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[Executor]:
-    with get_executor("sandbox", timeout_s=30) as ex:
-        yield ex
 
 
 def test_allowed_missing_package_is_installed_and_the_model_is_told(

@@ -8,32 +8,18 @@ images produced, what the model was shown between rounds, and how the turn finis
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from textwrap import dedent
 
 import matplotlib.image
 import numpy as np
-import pytest
 
 from codeinterp.agent import Event, ExecutionDone, Finished, Interpreter
-from codeinterp.executors import Executor, Session, get_executor
+from codeinterp.executors import Session
 from codeinterp.models.scripted import ScriptedModel
 from codeinterp.outputs import Execution
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[Executor]:
-    with get_executor("sandbox", timeout_s=60) as ex:
-        yield ex
-
-
-@pytest.fixture
-def session(executor: Executor) -> Iterator[Session]:
-    with executor.open() as s:
-        yield s
 
 
 # -- helpers --------------------------------------------------------------------------------
