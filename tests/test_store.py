@@ -205,7 +205,7 @@ def test_stores_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> No
         except BaseException as exc:
             errors.append(exc)
 
-    for attempt in range(10):
+    for attempt in range(30):
         path = tmp_path / f"{attempt}.db"
         threads = [threading.Thread(target=open_store, args=(path,)) for _ in range(4)]
         for t in threads:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -115,10 +116,10 @@ class Store:
         self._lock = threading.RLock()
         # isolation_level=None: no implicit transactions; `_transaction` opens them explicitly.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")  # another process (export) may hold it
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")  # another process (export) may hold it
         version = int(self._query("PRAGMA user_version")[0][0])
         if version > SCHEMA_VERSION:
             raise CodeinterpError(
@@ -136,6 +137,19 @@ class Store:
                 if self._query("PRAGMA user_version")[0][0] < number:
                     raise
                 # else another process opening the same file applied this step first
+
+    def _use_wal(self) -> None:
+        """Switch to WAL, retrying: SQLite answers "locked" at once, without waiting on the busy
+        timeout, when another connection opening the same new file holds it at that moment."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
