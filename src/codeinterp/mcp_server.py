@@ -8,52 +8,36 @@ Errors: an exception raised by the user's code is a normal result the model shou
 comes back as text starting with "Error:" and `isError` false. `isError` is true when the
 call could not do its job: the cell timed out or its interpreter died (the text says so, and
 the next call works), a path escapes the workspace, a file is missing, a bad argument.
+A cell's result is shaped in `mcp_results`, workspace files are reached through `mcp_files`.
 """
 
 from __future__ import annotations
 
-import base64
-import codecs
-import errno
 import os
 import re
 import signal
-import stat
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
+from mcp.types import CallToolResult
 
 from codeinterp import __version__
 from codeinterp.errors import CodeinterpError
 from codeinterp.executors import Executor, Session, get_executor
 from codeinterp.executors.base import DEFAULT_TIMEOUT_S
-from codeinterp.outputs import Display, Execution
-from codeinterp.render import render_for_model
+from codeinterp.mcp_files import list_workspace, read_file_blocks, write_file_text
+from codeinterp.mcp_results import execution_result
 
 T = TypeVar("T")
 
-MAX_TEXT_CHARS = 20_000  # of a cell's rendered output, cut from the middle beyond this
-MAX_READ_CHARS = 100_000  # of a text file returned by read_file
-MAX_READ_BYTES = 8 << 20  # larger files are described, not returned
-MAX_LISTED = 1000
-SANDBOX_WORKSPACE = "/workspace"  # where the sandbox executor shows the workspace to the code
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-_IMAGE_MAGIC = {
-    b"\x89PNG\r\n\x1a\n": "image/png",
-    b"\xff\xd8\xff": "image/jpeg",
-    b"GIF87a": "image/gif",
-    b"GIF89a": "image/gif",
-}  # sniffed from the content, not the name
-_NO_OUTPUT = render_for_model(Execution())
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 INSTRUCTIONS = (
     "codeinterp runs Python in persistent, sandboxed sessions (like a Jupyter kernel): "
@@ -116,166 +100,6 @@ async def _blocking(fn: Callable[[], T], on_cancel: Callable[[], None] | None = 
         raise
     except CodeinterpError as exc:
         raise ToolError(str(exc)) from exc
-
-
-def execution_result(execution: Execution, timeout_s: float | None) -> CallToolResult:
-    """Text (render_for_model, without image placeholders) then each image as ImageContent."""
-    images: list[tuple[str, bytes]] = []
-    kept = []
-    for output in execution.outputs:
-        image = _image_of(output) if isinstance(output, Display) else None
-        if image is None:
-            kept.append(output)
-        else:
-            images.append(image)
-    bare = Execution(outputs=[], execution_count=execution.execution_count)
-    sections = [render_for_model(replace(bare, outputs=kept), max_chars=MAX_TEXT_CHARS)]
-    if execution.timed_out:
-        limit = f" of {timeout_s:g} s" if timeout_s is not None else ""
-        sections.append(f"Error: the cell hit its time limit{limit} and was interrupted.")
-    elif execution.lost is not None:
-        sections.append(f"Error: the interpreter was lost ({execution.lost}).")
-    elif execution.error is not None:
-        sections.append("Error:")
-    if execution.lost is not None:
-        sections.append(
-            "Variables and imports are gone; files in the workspace were kept. "
-            "The next call runs in a fresh interpreter."
-        )
-    if execution.error is not None:
-        sections.append(render_for_model(replace(bare, error=execution.error)))
-    text = "\n".join(s for s in sections if s != _NO_OUTPUT)
-    content: list[ContentBlock] = []
-    if text or not images:
-        content.append(TextContent(type="text", text=text or _NO_OUTPUT))
-    content += [
-        ImageContent(type="image", data=base64.b64encode(data).decode("ascii"), mime_type=mime)
-        for mime, data in images
-    ]
-    return CallToolResult(content=content, is_error=execution.timed_out or bool(execution.lost))
-
-
-def _image_of(display: Display) -> tuple[str, bytes] | None:
-    for mime in ("image/png", "image/jpeg", "image/gif", "image/webp"):
-        data = display.data.get(mime)
-        if isinstance(data, bytes):
-            return mime, data
-    return None
-
-
-# -- files: every path is opened component by component beneath the workspace, never
-# following a symbolic link, so nothing outside it can be reached (no check-then-use race).
-
-
-def _parts(workspace: Path, path: str) -> list[str]:
-    pure = PurePosixPath(path.strip())
-    if pure.is_absolute():
-        for base in (str(workspace), SANDBOX_WORKSPACE):
-            if pure.is_relative_to(base):
-                pure = pure.relative_to(base)
-                break
-        else:
-            raise ToolError(f"{path!r} is outside the workspace; use a relative path.")
-    parts = [p for p in pure.parts if p != "."]
-    if ".." in parts:
-        raise ToolError(f"{path!r}: '..' is not allowed; use a path inside the workspace.")
-    if not parts:
-        raise ToolError("Give a file path inside the workspace.")
-    return parts
-
-
-def _open_in(workspace: Path, path: str, flags: int) -> int:
-    """Open `path` beneath `workspace` one component at a time, following no symbolic link
-    (no check-then-use race); with O_CREAT, missing folders are made, owned like the
-    workspace. Returns the open regular file."""
-    parts = _parts(workspace, path)
-    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
-    owner = os.fstat(fd)
-    try:
-        for name in parts[:-1]:
-            if flags & os.O_CREAT:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    _own(name, fd, owner)
-                except FileExistsError:
-                    pass
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        child = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=fd)
-        if flags & os.O_CREAT:
-            _own(parts[-1], fd, owner)
-        os.close(fd)
-        fd = child
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ToolError(f"{path!r} is not a regular file.")
-        return fd
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise ToolError(f"{path!r}: a part of it is a symbolic link or not a folder.") from exc
-        raise ToolError(f"{path!r}: {exc.strerror or exc}.") from exc
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _own(name: str, dir_fd: int, owner: os.stat_result) -> None:
-    """On a root host the session runs as its own uid: give it what we create."""
-    if os.geteuid() == 0 and owner.st_uid != 0:
-        os.chown(name, owner.st_uid, owner.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-
-
-def read_file_blocks(workspace: Path, path: str) -> list[ContentBlock]:
-    fd = _open_in(workspace, path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as f:
-        size, data = os.fstat(fd).st_size, f.read(MAX_READ_BYTES + 1)
-    mime = next((m for magic, m in _IMAGE_MAGIC.items() if data.startswith(magic)), None)
-    if mime is not None and len(data) <= MAX_READ_BYTES:
-        note = TextContent(type="text", text=f"{path}: {mime}, {len(data)} bytes")
-        encoded = base64.b64encode(data).decode("ascii")
-        return [note, ImageContent(type="image", data=encoded, mime_type=mime)]
-    try:  # an incremental decoder forgives a character cut at the end of what was read
-        text = codecs.getincrementaldecoder("utf-8")().decode(data[:MAX_READ_BYTES])
-    except UnicodeDecodeError:
-        text = "\x00"
-    if "\x00" in text:
-        hint = "inspect it with run_python, e.g. open(path, 'rb')"
-        return [TextContent(type="text", text=f"{path}: binary, {size} bytes; {hint}.")]
-    if len(text) > MAX_READ_CHARS or size > MAX_READ_BYTES:
-        text = text[:MAX_READ_CHARS] + f"\n…[cut: the file has {size} bytes]"
-    return [TextContent(type="text", text=text)]
-
-
-def write_file_text(workspace: Path, path: str, content: str) -> str:
-    data = content.encode("utf-8")
-    fd = _open_in(workspace, path, os.O_WRONLY | os.O_CREAT)
-    with os.fdopen(fd, "wb") as f:
-        f.truncate()  # only now that it is known to be a regular file of ours
-        f.write(data)
-    return f"Wrote {len(data)} bytes to {'/'.join(_parts(workspace, path))}."
-
-
-def list_workspace(workspace: Path) -> str:
-    entries: list[tuple[tuple[str, ...], str]] = []
-    for top, dirs, files in os.walk(workspace):  # never descends into linked folders
-        for name in dirs + files:
-            full = Path(top, name)
-            try:
-                rel, info = full.relative_to(workspace), full.lstat()
-                line = f"{rel}  ({info.st_size} bytes)"
-                if stat.S_ISLNK(info.st_mode):
-                    line = f"{rel} -> {os.readlink(full)}"
-                elif stat.S_ISDIR(info.st_mode):
-                    line = f"{rel}/"
-            except OSError:  # removed while we looked
-                continue
-            entries.append((rel.parts, line))
-        if len(entries) >= MAX_LISTED:
-            break
-    lines = [line for _, line in sorted(entries)[:MAX_LISTED]]
-    more = f"\n…[stopped after {MAX_LISTED} entries]" if len(entries) >= MAX_LISTED else ""
-    return "\n".join(lines) + more if lines else "(the workspace is empty)"
 
 
 def build_server(pool: SessionPool, default_s: float) -> MCPServer[Any]:
