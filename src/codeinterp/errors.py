@@ -6,6 +6,7 @@ are for what stops codeinterp itself from doing its job.
     CodeinterpError
     ├── ConfigError              bad option or unknown name (executor, model, ...)
     ├── DependencyMissing        an optional extra is not installed
+    ├── RemoteWorkspace          a session's files are on another host, not reachable here
     └── SessionError
         ├── SessionStartError    the interpreter could not be started
         ├── SessionClosed        the session (or executor) was closed; open a new one
@@ -33,6 +34,19 @@ class DependencyMissing(CodeinterpError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class RemoteWorkspace(CodeinterpError):
+    """A session's workspace is on another host (`Capabilities.local_workspace` is False), so
+    its files cannot be reached as a local path; only code running in the session sees them."""
+
+    def __init__(self, executor: str, how: str) -> None:
+        super().__init__(
+            f"The files of a {executor!r} session live on the remote host that runs its kernel "
+            "(e.g. the Jupyter gateway's server), not on this machine, so they cannot be listed, "
+            f"read or written from here. Reach them with code in the session: {how}."
+        )
+        self.executor = executor
 
 
 class SessionError(CodeinterpError):

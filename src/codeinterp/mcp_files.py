@@ -1,7 +1,9 @@
 """The MCP tools' access to a session's workspace files: list, read, write.
 
 Every path is opened component by component beneath the workspace, never following a symbolic
-link, so nothing outside it can be reached (no check-then-use race).
+link, so nothing outside it can be reached (no check-then-use race). Only executors whose
+workspace is a directory on this machine have files here; for the others (`gateway`: the
+workspace is on the remote Jupyter server) the tools refuse and point to `run_python`.
 
 These functions block (disk I/O): the tools call them in worker threads.
 """
@@ -18,6 +20,9 @@ from pathlib import Path, PurePosixPath
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ContentBlock, ImageContent, TextContent
 
+from codeinterp.errors import RemoteWorkspace
+from codeinterp.executors import Executor
+
 MAX_READ_CHARS = 100_000  # of a text file returned by read_file
 MAX_READ_BYTES = 8 << 20  # larger files are described, not returned
 MAX_LISTED = 1000
@@ -28,6 +33,13 @@ _IMAGE_MAGIC = {
     b"GIF87a": "image/gif",
     b"GIF89a": "image/gif",
 }  # sniffed from the content, not the name
+READ_WITH_CODE = "call run_python, e.g. print(open('data.csv').read())"
+
+
+def ensure_local_files(executor: Executor) -> None:
+    """Refuse the file tools for an executor whose workspaces are not on this machine."""
+    if not executor.capabilities.local_workspace:
+        raise ToolError(str(RemoteWorkspace(executor.name, READ_WITH_CODE)))
 
 
 def _parts(workspace: Path, path: str) -> list[str]:

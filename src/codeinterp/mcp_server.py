@@ -32,7 +32,12 @@ from codeinterp import __version__
 from codeinterp.errors import CodeinterpError
 from codeinterp.executors import Executor, Session, get_executor
 from codeinterp.executors.base import DEFAULT_TIMEOUT_S
-from codeinterp.mcp_files import list_workspace, read_file_blocks, write_file_text
+from codeinterp.mcp_files import (
+    ensure_local_files,
+    list_workspace,
+    read_file_blocks,
+    write_file_text,
+)
 from codeinterp.mcp_results import execution_result
 
 T = TypeVar("T")
@@ -131,12 +136,14 @@ def build_server(pool: SessionPool, default_s: float) -> MCPServer[Any]:
     @server.tool()
     async def list_files(session_id: str = "default") -> str:
         """List the files in the session's workspace (paths relative to it, with sizes)."""
+        ensure_local_files(pool.executor)
         session, _ = await pool.get(session_id)
         return await _blocking(lambda: list_workspace(session.workspace))
 
     @server.tool()
     async def read_file(path: str, session_id: str = "default") -> CallToolResult:
         """Read a file from the session's workspace: text as text, images as images."""
+        ensure_local_files(pool.executor)
         session, _ = await pool.get(session_id)
         blocks = await _blocking(lambda: read_file_blocks(session.workspace, path))
         return CallToolResult(content=blocks)
@@ -144,6 +151,7 @@ def build_server(pool: SessionPool, default_s: float) -> MCPServer[Any]:
     @server.tool()
     async def write_file(path: str, content: str, session_id: str = "default") -> str:
         """Write text to a file in the session's workspace (folders are created as needed)."""
+        ensure_local_files(pool.executor)
         session, _ = await pool.get(session_id)
         return await _blocking(lambda: write_file_text(session.workspace, path, content))
 

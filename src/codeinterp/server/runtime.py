@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from codeinterp.errors import CodeinterpError
+from codeinterp.errors import CodeinterpError, RemoteWorkspace
 from codeinterp.executors import Executor, Session, available_executors, get_executor
 from codeinterp.models.base import Delta, Message, Model, ToolSpec
 from codeinterp.server.conversations import Conversations
-from codeinterp.server.sessions import SessionRegistry
+from codeinterp.server.sessions import SessionEntry, SessionRegistry
 from codeinterp.server.settings import ServerSettings
 from codeinterp.store import Store
 
@@ -167,6 +167,21 @@ class Runtime:
 
     def open_session(self, executor: str, workspace: Path | None) -> Session:
         return self.executor(executor).open(workspace=workspace)
+
+    def local_workspace(self, entry: SessionEntry) -> Path:
+        """The session's workspace as a directory of this machine, for the file routes.
+
+        Refused (409) for an executor that keeps its workspaces on another host (`gateway`):
+        there the path names a directory of the remote server, and the same path here is
+        some other directory, or none.
+        """
+        if not self.executor(entry.executor).capabilities.local_workspace:
+            how = (
+                f"POST /api/sessions/{entry.id}/execute with code such as "
+                "print(open('data.csv').read())"
+            )
+            raise RemoteWorkspace(entry.executor, how)
+        return entry.workspace
 
     def model(self) -> Model:
         """The shared model, loaded on first use (a local model can take seconds)."""

@@ -2,6 +2,8 @@
 
 The multipart body is parsed from a stream that counts bytes, so an upload over the limit is
 refused with 413 as soon as it crosses it, not after it has been spooled to disk whole.
+Sessions whose workspace is on another host (`gateway`) have no files here: 409, before
+anything is read or written (`Runtime.local_workspace`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ UPLOAD_BODY = {
 @router.get("", response_model=list[FileInfo])
 async def list_files(session_id: str, rt: RuntimeDep) -> list[dict[str, object]]:
     entry = rt.sessions.get(session_id)
-    return await rt.run(files.list_files, entry.workspace)
+    workspace = await rt.run(rt.local_workspace, entry)
+    return await rt.run(files.list_files, workspace)
 
 
 @router.post(
@@ -63,6 +66,7 @@ async def list_files(session_id: str, rt: RuntimeDep) -> list[dict[str, object]]
 )
 async def upload(session_id: str, request: Request, rt: RuntimeDep) -> list[dict[str, object]]:
     entry = rt.sessions.get(session_id)
+    workspace = await rt.run(rt.local_workspace, entry)
     limit = rt.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
@@ -89,7 +93,7 @@ async def upload(session_id: str, request: Request, rt: RuntimeDep) -> list[dict
         folder_field = form.get("dir")
         folder_text = folder_field if isinstance(folder_field, str) else ""
         folder = files.relative_parts(folder_text, new=True)
-        return await rt.run(_save_all, entry.workspace, folder, uploads)
+        return await rt.run(_save_all, workspace, folder, uploads)
     finally:
         await form.close()
 
@@ -119,7 +123,8 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
 )
 async def download(session_id: str, path: str, rt: RuntimeDep) -> StreamingResponse:
     entry = rt.sessions.get(session_id)
-    opened = await rt.run(files.open_file, entry.workspace, path)
+    workspace = await rt.run(rt.local_workspace, entry)
+    opened = await rt.run(files.open_file, workspace, path)
     media_type = mimetypes.guess_type(opened.name)[0] or "application/octet-stream"
     return StreamingResponse(
         _read(rt, opened),
