@@ -124,6 +124,25 @@ def test_interrupt_stops_a_running_cell_and_the_session_stays_usable(session: Se
     assert session.execute("print('usable')").stdout == "usable\n"
 
 
+def test_an_interrupt_once_chat_is_called_stops_the_turn_before_the_model_is_asked(
+    session: Session,
+) -> None:
+    model = ScriptedModel(["```python\nprint('ran')\n```", "never used"])
+    interpreter = Interpreter(model, session)
+    events = interpreter.chat("go")
+    interpreter.interrupt()  # before the first event is asked for
+    assert finished(list(events)) == Finished("interrupted", "", 1)
+    assert model.prompts == []
+    assert interpreter.messages[-1].role == "user"  # the next turn's text joins it
+
+
+def test_an_interrupt_before_chat_belongs_to_an_earlier_turn(session: Session) -> None:
+    model = ScriptedModel(["Hello."])
+    interpreter = Interpreter(model, session)
+    interpreter.interrupt()  # no turn running: nothing to stop
+    assert finished(run(interpreter, "hi")) == Finished("answered", "Hello.", 1)
+
+
 def test_prompts_only_grow_so_a_kv_cache_can_be_reused(session: Session) -> None:
     model = ScriptedModel(["```python\nx = 1\n```", "```python\nx + 1\n```", "2"])
     run(Interpreter(model, session), "go")

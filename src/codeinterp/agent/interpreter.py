@@ -100,8 +100,15 @@ class Interpreter:
         self.session.restart()
 
     def chat(self, text: str) -> Iterator[Event]:
-        """One user turn: rounds of generation and execution until the model answers."""
-        self._interrupted.clear()
+        """One user turn: rounds of generation and execution until the model answers.
+
+        An `interrupt()` from the moment this is called stops the turn, even one that comes
+        before the first event is asked for; one that came before belongs to an earlier turn.
+        """
+        self._interrupted.clear()  # here, not in the generator: that only runs when iterated
+        return self._turn(text)
+
+    def _turn(self, text: str) -> Iterator[Event]:
         if self.show_files:
             listing = workspace_listing(self.session.workspace)
             if listing:
@@ -115,6 +122,9 @@ class Interpreter:
             self.messages.append(Message(role="user", content=text))
         answer = ""
         for round_ in range(1, self.max_rounds + 1):
+            if self._interrupted.is_set():  # stopped before this round: do not ask the model
+                yield Finished("interrupted", answer, round_)
+                return
             try:
                 if self.protocol == "tools":
                     step = yield from self._tools_round(round_)

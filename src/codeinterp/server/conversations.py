@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codeinterp.agent import Interpreter
+from codeinterp.agent import Event, Interpreter
 from codeinterp.agent.serialize import event_to_dict
 from codeinterp.errors import CodeinterpError
 from codeinterp.models.base import Message
@@ -49,7 +49,13 @@ class TurnRunning(CodeinterpError):
 
 @dataclass
 class Live:
-    """What this process holds for one conversation: its loop and its turn lock."""
+    """What this process holds for one conversation: its loop and its turn lock.
+
+    A turn is claimed (`claim`) before its loop starts (`start_loop`), and the loop may first
+    have to be built, which takes a while after a restart. An interrupt in between is recorded
+    as `stopped_turn` and passed on when the loop starts, so it is never lost; one for a turn
+    that has ended is ignored, so it never stops the next.
+    """
 
     id: str
     turn_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,15 +63,41 @@ class Live:
     notices: list[dict[str, Any]] = field(default_factory=list)
     turns: int = 0
     """How many turns this process began: tells a turn from the next one."""
+    stopped_turn: int = 0
+    """The last turn asked to stop."""
+    _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Orders claims, loop starts and interrupts against each other."""
 
     @property
     def running(self) -> bool:
         return self.turn_lock.locked()
 
+    def claim(self) -> bool:
+        """Take the conversation for a new turn; False if one is running."""
+        with self._state:
+            if not self.turn_lock.acquire(blocking=False):
+                return False
+            self.turns += 1
+            return True
+
+    def start_loop(self, interpreter: Interpreter, text: str) -> Iterator[Event]:
+        """The claimed turn's loop events; stopped at once if it was interrupted meanwhile."""
+        with self._state:
+            events = interpreter.chat(text)  # from here on, interpreter.interrupt() stops it
+            if self.stopped_turn == self.turns:
+                interpreter.interrupt()
+            return events
+
     def interrupt(self, turn: int | None = None) -> None:
         """Interrupt the running turn (only if it is still `turn`, when given)."""
-        if self.running and self.interpreter is not None and turn in (None, self.turns):
-            self.interpreter.interrupt()
+        with self._state:
+            if not self.running or turn not in (None, self.turns):
+                return
+            self.stopped_turn = self.turns
+            if self.interpreter is not None:
+                # Under the lock, so it cannot land on the next turn's loop. If this turn's
+                # loop has not started, chat() clears it and start_loop() passes it on again.
+                self.interpreter.interrupt()
 
 
 def merge_user_messages(messages: list[Message]) -> list[Message]:
@@ -200,9 +232,8 @@ class Conversations:
         """Claim the conversation for one turn (409 if one runs); `run_turn` releases it."""
         self._get(conversation_id)
         live = self._live_for(conversation_id)
-        if not live.turn_lock.acquire(blocking=False):
+        if not live.claim():
             raise TurnRunning(conversation_id)
-        live.turns += 1
         return live
 
     def _interpreter(self, live: Live) -> Interpreter:
@@ -241,7 +272,7 @@ class Conversations:
             emit("user", {**user, "turn": turn, "seq": store.append_event(live.id, turn, user)})
             before, last = len(interpreter.messages), interpreter.messages[-1]
             synced: int | None = None
-            for event in interpreter.chat(text):
+            for event in live.start_loop(interpreter, text):
                 if synced is None:
                     synced = self._store_user_message(live, interpreter, before, last)
                 synced = self._store_messages(live, interpreter, synced)
