@@ -33,7 +33,8 @@ from codeinterp import errors
 from codeinterp.executors import base
 from codeinterp.executors.base import Capabilities, OnOutput, SessionState, SessionTracker
 from codeinterp.executors.collect import OutputCollector
-from codeinterp.executors.jupyter import INLINE_BACKEND, PY_SETUP, collect_output, kernel_error
+from codeinterp.executors.kernel_conversation import collect_output, kernel_error
+from codeinterp.executors.python_kernel_setup import INLINE_BACKEND, PY_SETUP
 from codeinterp.outputs import Error, Execution
 
 TOKEN_ENV = "CODEINTERP_GATEWAY_TOKEN"
