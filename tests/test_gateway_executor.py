@@ -236,10 +236,11 @@ def test_kernel_env_reaches_the_kernel(kernel_gateway: KernelGateway) -> None:
 
 def test_dropped_connection_is_reopened_and_the_kernel_kept(session: GatewaySession) -> None:
     session.execute("kept = 'yes'")
-    session._ws.abort()  # as a proxy or the network would: the kernel itself lives on
+    assert session._kernel is not None
+    session._kernel.ws.abort()  # as a proxy or the network would: the kernel itself lives on
     time.sleep(0.2)
     assert session.execute("print(kept)").stdout == "yes\n"
-    threading.Timer(0.5, session._ws.abort).start()
+    threading.Timer(0.5, session._kernel.ws.abort).start()
     result = session.execute("import time\ntime.sleep(2)\nprint('late')")
     assert result.lost is not None and "connection to the gateway was lost" in result.lost
     assert session.execute("print(kept)").stdout == "yes\n"

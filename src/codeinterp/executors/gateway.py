@@ -1,8 +1,8 @@
 """The `gateway` backend: kernels on a Jupyter Kernel Gateway or Enterprise Gateway.
 
 Sessions use the gateway's REST API (`POST /api/kernels`, `.../interrupt`, `.../restart`,
-`DELETE`) and its WebSocket (`/api/kernels/{id}/channels`); messages are routed by parent
-`msg_id`, and the `jupyter` backend's output mapping and Python set-up are reused.
+`DELETE`) and its WebSocket (`/api/kernels/{id}/channels`): that is the transport
+(`_RemoteKernel`); the protocol is kernel_conversation.py's, as for the `jupyter` backend.
 
 Unlike local kernels: files live on the gateway's side, each session in its own directory
 there (`session.workspace` is that path; `Capabilities.local_workspace=False`). A death is seen
@@ -25,25 +25,26 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from codeinterp import errors
 from codeinterp.executors import base
-from codeinterp.executors.base import Capabilities, OnOutput, SessionState, SessionTracker
+from codeinterp.executors.base import Capabilities, SessionTracker
 from codeinterp.executors.collect import OutputCollector
-from codeinterp.executors.kernel_conversation import collect_output, kernel_error
+from codeinterp.executors.kernel_conversation import KernelLost, Message
+from codeinterp.executors.kernel_session import KernelSession
 from codeinterp.executors.python_kernel_setup import INLINE_BACKEND, PY_SETUP
-from codeinterp.outputs import Error, Execution
 
 TOKEN_ENV = "CODEINTERP_GATEWAY_TOKEN"
-POLL_S = 0.1
 PROBE_S = 2.0  # a cell silent this long: is the kernel still on the gateway?
 START_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 30.0
 CLEANUP_TIMEOUT_S = 2.0
 GONE = "the gateway no longer has the kernel (shut down, culled or not restartable)"
+DISCONNECTED = "the connection to the gateway was lost during the cell"
 # Status messages the gateway itself sends (no parent): the kernel's state is gone.
 _LOST_STATES = {
     "restarting": "the kernel died; the gateway restarted it (a gateway does not report the "
@@ -62,82 +63,39 @@ _CD = """def _codeinterp_cd(path):
 _codeinterp_cd({path!r})
 del _codeinterp_cd
 """
+_CWD = {"cwd": "__import__('os').getcwd()"}  # asked with the set-up: the directory's path
 
 
 class _KernelGone(Exception):
     """The gateway no longer has the kernel."""
 
 
-class GatewaySession:
-    """A kernel on the gateway, run in its own directory there; a lost kernel is replaced."""
+class _RemoteKernel:
+    """One kernel on the gateway, as a `KernelTransport`: REST calls about it, and its
+    websocket, read by a thread into a queue."""
 
-    def __init__(self, executor: GatewayExecutor, workspace: Path | None) -> None:
-        self.id = uuid.uuid4().hex
-        self._ex = executor
-        self._owned = workspace is None  # a directory the kernel made: removed on close
-        self._path = None if workspace is None else str(workspace)
-        self.workspace = Path(self._path or ".")  # the gateway-side path, once known
-        self.kernel_id: str | None = None
-        self._ws: Any = None
+    def __init__(self, gateway: GatewayExecutor, kernel_id: str, session_id: str) -> None:
+        self.gateway, self.id, self._session_id = gateway, kernel_id, session_id
+        self.ws: Any = None
         self._reader = threading.Thread()  # reads the websocket into _queue
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._ready = False  # the kernel answered and was set up
-        self._reply: dict[str, Any] = {}  # the last execute_reply's content
-        self._busy = threading.Lock()  # held by whoever drives the websocket
-        self._closed = False
-        self._stop_reason: str | None = None  # set by close()/restart() to end a running cell
-        self._state = SessionState.STARTING
-        try:
-            with self._busy:
-                self._ensure()
-        except BaseException:
-            self.close()
-            raise
+        self._queue: queue.Queue[Message | None] = queue.Queue()
+        self.ended = self.gone = False  # the connection ended; the gateway lost the kernel
+        self.starting = True  # while set up, statuses saying it (re)starts are no loss
+        self._probed_at = 0.0
 
     @property
-    def state(self) -> SessionState:
-        return SessionState.CLOSED if self._closed else self._state
+    def connected(self) -> bool:
+        return self.ws is not None and self._reader.is_alive()
 
-    def _ensure(self) -> None:
-        """A kernel that answered and is set up; one the gateway lost is replaced, once."""
-        self._state = SessionState.STARTING
-        for attempt in (1, 2):
-            try:
-                if self.kernel_id is None:
-                    env = self._ex.kernel_env
-                    body = {"name": self._ex.kernel_name, **({"env": env} if env else {})}
-                    self.kernel_id = str(self._ex.http("POST", "/api/kernels", body)["id"])
-                if self._ws is not None and not self._reader.is_alive():
-                    self._disconnect()  # the connection ended; the kernel may live on
-                if self._ws is None:
-                    self._connect()
-                if not self._ready:
-                    self._prepare()
-                self._state = SessionState.IDLE
-                return
-            except _KernelGone:
-                self._drop_kernel()
-                if attempt == 2:
-                    self._state = SessionState.DEAD
-                    raise errors.SessionStartError(
-                        f"The gateway at {self._ex.url} lost two new kernels in a row; see its log."
-                    ) from None
-            except Exception as exc:
-                self._state = SessionState.DEAD
-                if isinstance(exc, errors.CodeinterpError):
-                    raise
-                raise errors.SessionStartError(  # the websocket library's errors
-                    f"Could not reach a kernel on the gateway at {self._ex.url}: {exc}"
-                ) from exc
-
-    def _connect(self) -> None:
+    def connect(self) -> None:
         import websocket
 
-        url = f"{self._ex.ws_url}/api/kernels/{self.kernel_id}/channels?session_id={self.id}"
+        self.disconnect()
+        url = f"{self.gateway.ws_url}/api/kernels/{self.id}/channels?session_id={self._session_id}"
         try:
             ws = websocket.create_connection(
                 url,
-                header=self._ex.headers(),
+                header=self.gateway.headers(),
                 timeout=HTTP_TIMEOUT_S,
                 skip_utf8_validation=True,  # its pure-Python check took 190 ms per MB
             )
@@ -146,225 +104,201 @@ class GatewaySession:
                 raise _KernelGone() from exc
             raise
         ws.settimeout(None)
-        self._ws, self._queue = ws, queue.Queue()
+        self.ws, self._queue, self.ended, self.gone = ws, queue.Queue(), False, False
         self._reader = threading.Thread(target=_read, args=(ws, self._queue), daemon=True)
         self._reader.start()
 
-    def _disconnect(self) -> None:
-        ws, self._ws, self._ready = self._ws, None, False
+    def disconnect(self) -> None:
+        ws, self.ws = self.ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
                 ws.abort()  # wakes the reader, which then ends
                 ws.shutdown()
 
-    def _drop_kernel(self) -> None:
-        """Forget the kernel, asking the gateway to shut it down if it still has it."""
-        self._disconnect()
-        kernel_id, self.kernel_id = self.kernel_id, None
-        if kernel_id is not None:
-            with contextlib.suppress(Exception):
-                self._ex.http("DELETE", f"/api/kernels/{kernel_id}")
+    def delete(self) -> None:
+        """Disconnect, and ask the gateway to shut the kernel down if it still has it."""
+        self.disconnect()
+        with contextlib.suppress(Exception):
+            self.gateway.http("DELETE", f"/api/kernels/{self.id}")
 
-    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
+    def post(self, action: str) -> bool:
+        """`POST /api/kernels/{id}/{action}`; False if that failed."""
+        try:
+            self.gateway.http("POST", f"/api/kernels/{self.id}/{action}")
+        except Exception:
+            return False
+        return True
+
+    def send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg_id, date = uuid.uuid4().hex, datetime.now(UTC).isoformat()
-        header = {"msg_id": msg_id, "msg_type": msg_type, "session": self.id, "date": date}
-        header |= {"username": "codeinterp", "version": "5.3"}
+        header = {"msg_id": msg_id, "msg_type": msg_type, "session": self._session_id}
+        header |= {"date": date, "username": "codeinterp", "version": "5.3"}
         msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
-        self._ws.send(json.dumps({**msg, "channel": "shell", "buffers": []}))
+        try:
+            self.ws.send(json.dumps({**msg, "channel": "shell", "buffers": []}))
+        except Exception as exc:  # the websocket library's or the socket's
+            raise KernelLost("the connection to the gateway was lost") from exc
         return msg_id
 
-    def _receive(self, timeout_s: float) -> list[dict[str, Any]] | None:
-        """Messages that arrived, after waiting at most `timeout_s` for one; None: disconnected."""
-        msgs: list[dict[str, Any] | None] = []
+    def receive(self, timeout_s: float) -> Iterator[Message]:
+        """What arrived, after waiting at most `timeout_s` for a message; KernelLost at the
+        end of the connection or at a status of the gateway's saying the kernel's state is
+        gone."""
+        msgs: list[Message | None] = []
         with contextlib.suppress(queue.Empty):
             msgs.append(self._queue.get(timeout=max(0.0, timeout_s)))
             while True:
                 msgs.append(self._queue.get_nowait())
-        if None in msgs:
-            self._queue.put(None)  # stays disconnected for whoever asks next
-            return None
-        return [m for m in msgs if m is not None]
+        for msg in msgs:
+            if (why := self._loss(msg)) is not None:
+                raise KernelLost(why)
+            if msg is not None:  # (always: None is a loss)
+                yield msg
 
-    def _prepare(self) -> None:
-        """Handshake (a kernel_info reply *and* its iopub status), then the kernel's set-up."""
-        deadline, sent_at, seen = time.monotonic() + START_TIMEOUT_S, 0.0, dict[str, set[str]]()
-        while not any({"kernel_info_reply", "status"} <= kinds for kinds in seen.values()):
-            if (now := time.monotonic()) > deadline:
-                raise errors.SessionStartError(
-                    f"The kernel on the gateway at {self._ex.url} did not answer within "
-                    f"{START_TIMEOUT_S:g} s; see the gateway's log."
-                )
-            if now - sent_at > 1.0:  # a restarting kernel misses requests: ask again
-                if seen:  # still no answer: does the gateway have the kernel at all?
-                    self._ex.http("GET", f"/api/kernels/{self.kernel_id}")  # 404: _KernelGone
-                seen[self._send("kernel_info_request", {})], sent_at = set(), now
-            msgs = self._receive(POLL_S)
-            if msgs is None or any(_lost(m) == GONE for m in msgs):
-                raise _KernelGone()
-            for msg in msgs:
-                seen.get(msg["parent_header"].get("msg_id", ""), set()).add(msg["msg_type"])
+    def drop_pending(self) -> None:
+        """Drop the messages not received (they answer no later request), noting losses."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._loss(self._queue.get_nowait())
+
+    def _loss(self, msg: Message | None) -> str | None:
+        if msg is None:
+            self.ended = True
+            return DISCONNECTED
+        why = _lost(msg)
+        self.gone = self.gone or why == GONE
+        return None if self.starting and why != GONE else why
+
+    def interrupt(self) -> None:
+        self.post("interrupt")
+
+    def kill(self) -> str:
+        self.post("restart")
+        return "the kernel ignored the interrupt; the gateway restarted it"
+
+    def death_cause(self, silent_s: float) -> str | None:
+        """After PROBE_S of silence, whether the gateway still has the kernel."""
+        if silent_s <= PROBE_S or time.monotonic() - self._probed_at <= PROBE_S:
+            return None
+        self._probed_at = time.monotonic()
+        try:
+            self.gateway.http("GET", f"/api/kernels/{self.id}")
+        except _KernelGone:
+            self.gone = True
+            return GONE
+        except errors.CodeinterpError:
+            pass  # unreachable for now: the websocket will tell
+        return None
+
+
+class GatewaySession(KernelSession[_RemoteKernel]):
+    """A kernel on the gateway, run in its own directory there; a lost kernel is replaced."""
+
+    def __init__(self, executor: GatewayExecutor, workspace: Path | None) -> None:
+        super().__init__(executor)
+        self._ex = executor
+        self._owned = workspace is None  # a directory the kernel made: removed on close
+        self._path = None if workspace is None else str(workspace)
+        self.workspace = Path(self._path or ".")  # the gateway-side path, once known
+        self._prepared = False  # the kernel answered and was set up
+        self._open()
+
+    @property
+    def kernel_id(self) -> str | None:
+        return None if self._kernel is None else self._kernel.id
+
+    def _connect(self) -> _RemoteKernel:
+        """A kernel that answered and is set up; one the gateway lost is replaced, once."""
+        try:
+            try:
+                return self._connect_once()
+            except _KernelGone:
+                self._drop_kernel()
+                return self._connect_once()
+        except _KernelGone:
+            self._drop_kernel()
+            raise errors.SessionStartError(
+                f"The gateway at {self._ex.url} lost two new kernels in a row; see its log."
+            ) from None
+        except errors.CodeinterpError:
+            raise
+        except Exception as exc:  # the websocket library's errors
+            raise errors.SessionStartError(
+                f"Could not reach a kernel on the gateway at {self._ex.url}: {exc}"
+            ) from exc
+
+    def _connect_once(self) -> _RemoteKernel:
+        if self._kernel is None:
+            env = self._ex.kernel_env
+            body = {"name": self._ex.kernel_name, **({"env": env} if env else {})}
+            kernel_id = str(self._ex.http("POST", "/api/kernels", body)["id"])
+            self._kernel = _RemoteKernel(self._ex, kernel_id, self.id)
+        kernel = self._kernel
+        if not kernel.connected:  # the connection ended; the kernel may live on
+            kernel.connect()
+            self._prepared = False
+        if not self._prepared:
+            self._prepare(kernel)
+        return kernel
+
+    def _prepare(self, kernel: _RemoteKernel) -> None:
+        """Handshake, then the set-up: into the session's directory, and learn its path."""
+        conversation = self._conversation(kernel)
+        kernel.starting = True
+        try:
+            conversation.handshake(START_TIMEOUT_S)
+        except TimeoutError:
+            raise errors.SessionStartError(
+                f"The kernel on the gateway at {self._ex.url} did not answer within "
+                f"{START_TIMEOUT_S:g} s; see the gateway's log."
+            ) from None
+        except KernelLost:
+            raise _KernelGone() from None
+        kernel.starting = False
         if self._ex.language == "python":
             code = _CD.format(path=self._path, backend=INLINE_BACKEND) + PY_SETUP
-            setup = self._run(code, START_TIMEOUT_S, OutputCollector(), silent=True)
-            cwd = self._reply.get("user_expressions", {}).get("cwd", {})
+            out = OutputCollector()
+            setup = conversation.run(code, START_TIMEOUT_S, out, silent=True, user_expressions=_CWD)
+            cwd = conversation.reply.get("user_expressions", {}).get("cwd", {})
             if not setup.ok or cwd.get("status") != "ok":
                 why = setup.lost or setup.error or cwd
                 raise errors.SessionStartError(f"The kernel's set-up failed: {why}")
             self._path = str(ast.literal_eval(cwd["data"]["text/plain"]))
             self.workspace = Path(self._path)
-        self._ready = True
+        self._prepared = True
 
-    def execute(
-        self, code: str, *, timeout_s: float | None = None, on_output: OnOutput | None = None
-    ) -> Execution:
-        """Run one cell; errors in `code`, timeouts and kernel deaths come back as data."""
-        if not self._busy.acquire(blocking=False):
-            raise errors.SessionBusy()
-        try:
-            if self._closed:
-                raise errors.SessionClosed()
-            self._ensure()
-            self._state = SessionState.BUSY
-            out = OutputCollector(max_chars=self._ex.max_output_chars, on_output=on_output)
-            for msg in self._receive(0) or []:  # it died while idle: the cell is not sent
-                if (why := _lost(msg)) is not None:
-                    return self._lose(out, None, why, timed_out=False, drop=why == GONE)
-            limit = self._ex.timeout_s if timeout_s is None else timeout_s
-            return self._run(code, limit, out)
-        finally:
-            if self._state is SessionState.BUSY:
-                self._state = SessionState.IDLE
-            self._busy.release()
+    def _drop_kernel(self) -> None:
+        """Forget the kernel, asking the gateway to shut it down if it still has it."""
+        kernel, self._kernel, self._prepared = self._kernel, None, False
+        if kernel is not None:
+            kernel.delete()
 
-    def _run(
-        self, code: str, limit: float, out: OutputCollector, silent: bool = False
-    ) -> Execution:
-        """Wait for this request's idle status and reply; interrupt, then restart, at the limit.
-
-        `silent`: set-up or clean-up, which also asks for the kernel's cwd and never escalates.
-        """
-        cwd = {"cwd": "__import__('os').getcwd()"} if silent else {}
-        content = {"code": code, "silent": silent, "store_history": not silent}
-        content |= {"user_expressions": cwd, "allow_stdin": False, "stop_on_error": False}
-        try:
-            msg_id = self._send("execute_request", content)
-        except Exception:  # the websocket library's or the socket's
-            return self._lose(out, None, "the connection to the gateway was lost", timed_out=False)
-        deadline, interrupted = time.monotonic() + limit, False
-        probed_at = time.monotonic()
-        error: Error | None = None
-        count: int | None = None
-        idle = replied = False
-        while not (idle and replied):
-            now = time.monotonic()
-            if self._stop_reason is not None:
-                return self._lose(out, error, self._stop_reason, timed_out=False)
-            if now >= deadline and not interrupted:
-                self._post("interrupt")
-                deadline, interrupted = now + self._ex.interrupt_grace_s, True
-            elif now >= deadline:
-                if silent:
-                    return self._lose(out, error, "timeout", timed_out=True)
-                self._post("restart")
-                lost = "timeout: the kernel ignored the interrupt; the gateway restarted it"
-                return self._lose(out, error, lost, timed_out=True)
-            elif now - probed_at > PROBE_S:
-                probed_at = now
-                try:
-                    self._ex.http("GET", f"/api/kernels/{self.kernel_id}")
-                except _KernelGone:
-                    return self._lose(out, error, GONE, timed_out=interrupted, drop=True)
-                except errors.CodeinterpError:
-                    pass  # unreachable for now: the websocket will tell
-            msgs = self._receive(min(POLL_S, deadline - now))
-            if msgs is None:
-                lost = "the connection to the gateway was lost during the cell"
-                return self._lose(out, error, lost, timed_out=interrupted)
-            for msg in msgs:
-                if (why := _lost(msg)) is not None:
-                    return self._lose(out, error, why, timed_out=interrupted, drop=why == GONE)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue  # an earlier request's leftovers, e.g. of a timed-out cell
-                kind, body = msg["msg_type"], msg["content"]
-                probed_at = now  # the kernel is alive
-                if kind == "execute_reply":
-                    replied, count, self._reply = True, body.get("execution_count"), body
-                elif kind == "status":
-                    idle = idle or body.get("execution_state") == "idle"
-                elif kind == "error":
-                    error = kernel_error(body)
-                else:
-                    collect_output(kind, body, out)
-        return out.finish(error=error, execution_count=count, timed_out=interrupted)
-
-    def _lose(
-        self,
-        out: OutputCollector,
-        error: Error | None,
-        lost: str,
-        timed_out: bool,
-        drop: bool = False,
-    ) -> Execution:
-        """The kernel's state is gone: set it up again (or replace it) before the next cell."""
-        pending = self._receive(0)  # this kernel's leftovers: for no later cell
-        if pending is None:
-            self._disconnect()
-        elif drop or any(_lost(m) == GONE for m in pending):
-            self._drop_kernel()
-        self._ready = False
-        self._state = SessionState.DEAD
-        return out.finish(error=error, timed_out=timed_out, lost=lost)
-
-    def _post(self, action: str) -> bool:
-        """`POST /api/kernels/{id}/{action}`; False if that failed."""
-        try:
-            self._ex.http("POST", f"/api/kernels/{self.kernel_id}/{action}")
-        except Exception:
-            return False
-        return True
-
-    def interrupt(self) -> None:
-        """Send the running cell a KeyboardInterrupt; safe from any thread."""
-        if self._state is SessionState.BUSY:
-            self._post("interrupt")
-
-    def restart(self) -> None:
-        """Fresh kernel state, same gateway-side directory. A running cell is ended."""
-        if self._closed:
-            raise errors.SessionClosed(action="restart the session")
-        self._stop_reason = "restarted: the session was reset during this cell"
-        with self._busy:  # a running cell sees _stop_reason and returns within POLL_S
-            self._stop_reason = None
-            if self._closed:
-                raise errors.SessionClosed(action="restart the session")
-            if self.kernel_id is not None and not self._post("restart"):
+    def _discard_kernel(self) -> None:
+        """Set the kernel up again before the next cell; replace it if the gateway lost it."""
+        kernel, self._prepared = self._kernel, False
+        if kernel is not None:
+            kernel.drop_pending()  # this kernel's leftovers: for no later cell
+            if kernel.ended:
+                kernel.disconnect()
+            elif kernel.gone:
                 self._drop_kernel()
-            self._ready = False
-            self._ensure()
 
-    def close(self) -> None:
-        """Shut the kernel down on the gateway, removing its own directory there. Idempotent."""
-        if self._closed:
-            return
-        self._stop_reason = "session closed"
-        with self._busy:
-            if self._closed:
-                return
-            self._closed, self._stop_reason = True, None
-            if self._owned and self._ready and self._path:
-                code = f"__import__('shutil').rmtree({self._path!r}, ignore_errors=True)"
-                with contextlib.suppress(Exception):
-                    self._run(code, CLEANUP_TIMEOUT_S, OutputCollector(), silent=True)
+    def _reset_kernel(self) -> None:
+        if self._kernel is not None and not self._kernel.post("restart"):
             self._drop_kernel()
+        self._prepared = False
 
-    def __enter__(self) -> GatewaySession:
-        return self
+    def _shutdown(self) -> None:
+        """Shut the kernel down on the gateway, removing its own directory there."""
+        if self._owned and self._prepared and self._path and self._kernel is not None:
+            code = f"__import__('shutil').rmtree({self._path!r}, ignore_errors=True)"
+            with contextlib.suppress(Exception):
+                cleanup = self._conversation(self._kernel)
+                cleanup.run(code, CLEANUP_TIMEOUT_S, OutputCollector(), silent=True)
+        self._drop_kernel()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
-
-def _read(ws: Any, into: queue.Queue[dict[str, Any] | None]) -> None:
+def _read(ws: Any, into: queue.Queue[Message | None]) -> None:
     """Queue each JSON message from the websocket (answering pings), then None when it ends.
 
     The gateway (tornado) leaves Nagle on, so its small frames wait for our ACK, which Linux

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,12 @@ class _Kernel:
         self.kc.shell_channel.send(msg)
         return str(msg["header"]["msg_id"])
 
-    def receive(self, timeout_s: float) -> list[Message]:
+    def receive(self, timeout_s: float) -> Iterator[Message]:
         """Every message ready on iopub, then shell, after waiting at most `timeout_s` for one."""
         ready = dict(self._poller.poll(max(0, int(timeout_s * 1000))))
-        msgs = []
         for channel in (self.kc.iopub_channel, self.kc.shell_channel):
             while channel.socket in ready and channel.msg_ready():
-                msgs.append(channel.get_msg(timeout=0))
-        return msgs
+                yield channel.get_msg(timeout=0)
 
     def interrupt(self) -> None:
         with contextlib.suppress(RuntimeError, OSError):
@@ -157,9 +156,7 @@ class JupyterSession(KernelSession[_Kernel]):
                     f"The kernel {why}. Its stderr ends with:\n{kernel.log_tail()}"
                 ) from None
             if kernel.python:
-                setup = self._run(
-                    conversation, PY_SETUP, START_TIMEOUT_S, OutputCollector(), silent=True
-                )
+                setup = conversation.run(PY_SETUP, START_TIMEOUT_S, OutputCollector(), silent=True)
                 if not setup.ok:
                     raise RuntimeError(f"its set-up failed: {setup.lost or setup.error}")
         except BaseException as exc:

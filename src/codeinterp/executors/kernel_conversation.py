@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from codeinterp.executors.collect import OutputCollector
@@ -41,11 +41,9 @@ class KernelTransport(Protocol):
         """Send a shell request; returns its msg_id. KernelLost if it cannot be sent."""
         ...
 
-    def receive(self, timeout_s: float) -> list[Message]:
-        """The messages that arrived (iopub and shell), waiting at most `timeout_s` for one.
-
-        KernelLost once the kernel or the connection is lost, after the messages before that.
-        """
+    def receive(self, timeout_s: float) -> Iterable[Message]:
+        """What arrived (iopub and shell), after waiting at most `timeout_s` for a message;
+        KernelLost where the messages say the kernel or the connection was lost."""
         ...
 
     def interrupt(self) -> None:
@@ -53,12 +51,12 @@ class KernelTransport(Protocol):
         ...
 
     def kill(self) -> str:
-        """Stop a cell that ignored the interrupt, the kernel's state with it; says how."""
+        """Stop a cell that ignored the interrupt (its kernel's state goes); says how."""
         ...
 
     def death_cause(self, silent_s: float) -> str | None:
-        """Why the kernel is gone, or None while it seems alive; asked when a poll brought
-        nothing, after `silent_s` without a message about our request."""
+        """Why the kernel is gone, or None while it seems alive; asked after a quiet poll, the
+        kernel having said nothing about our request for `silent_s`."""
         ...
 
 
@@ -86,11 +84,23 @@ def collect_output(kind: str, content: dict[str, Any], out: OutputCollector) -> 
 
 
 class KernelConversation:
-    """Requests to one kernel and the messages that answer them."""
+    """Requests to one kernel and the messages that answer them.
 
-    def __init__(self, transport: KernelTransport, *, interrupt_grace_s: float) -> None:
+    `stop_reason()` says why the session ends a running cell (restart, close), or None;
+    `on_lost()` is told, before the cell's Execution is made, that the kernel's state is lost.
+    """
+
+    def __init__(
+        self,
+        transport: KernelTransport,
+        *,
+        interrupt_grace_s: float,
+        stop_reason: Callable[[], str | None],
+        on_lost: Callable[[], None],
+    ) -> None:
         self.transport = transport
         self._grace_s = interrupt_grace_s
+        self._stop_reason, self._on_lost = stop_reason, on_lost
         self.reply: dict[str, Any] = {}  # the last execute_reply's content
 
     def handshake(self, timeout_s: float) -> None:
@@ -99,43 +109,43 @@ class KernelConversation:
         deadline = heard_at = time.monotonic()
         deadline += timeout_s
         asked: dict[str, set[str]] = {}  # msg_id: the kinds of message that answered it
-        asked_at, replied_at = 0.0, 0.0
+        asked_at = replied_at = 0.0
         while not any({"kernel_info_reply", "status"} <= kinds for kinds in asked.values()):
             if (now := time.monotonic()) > deadline:
                 raise TimeoutError(f"the kernel did not answer within {timeout_s:g} s")
             if now - asked_at > ASK_AGAIN_S or (replied_at and now - replied_at > IOPUB_LAG_S):
                 asked[self.transport.send("kernel_info_request", {})] = set()
                 asked_at, replied_at = now, 0.0
-            msgs = self.transport.receive(POLL_S)
-            for msg in msgs:
+            quiet = True
+            for msg in self.transport.receive(POLL_S):
+                quiet = False
                 if (kinds := asked.get(parent_id(msg) or "")) is not None:
-                    kinds.add(msg["msg_type"])
-                    heard_at, replied_at = now, replied_at or now
-            if not msgs and (cause := self.transport.death_cause(now - heard_at)) is not None:
+                    kinds.add(kind := msg["msg_type"])
+                    heard_at = now
+                    replied_at = replied_at or (now if kind == "kernel_info_reply" else 0.0)
+            if quiet and (cause := self.transport.death_cause(now - heard_at)) is not None:
                 raise KernelLost(cause)
 
     def run(
         self,
         code: str,
-        *,
         limit_s: float,
         out: OutputCollector,
-        stop_reason: Callable[[], str | None],
+        *,
         silent: bool = False,
         user_expressions: dict[str, str] | None = None,
     ) -> Execution:
         """Run `code` until its reply and idle status came; outputs go to `out`.
 
         At `limit_s` the cell is interrupted, and `interrupt_grace_s` later killed. Whatever
-        ends the kernel's state (a death, `stop_reason()` saying why the session stops this
-        cell, a kill) is reported in `Execution.lost`: the kernel must not be reused as is.
+        ends the kernel's state (a death, a stop, a kill) is reported in `Execution.lost`.
         `silent`: the session's own set-up or clean-up, never killed (a failure discards it).
         """
         error: Error | None = None
         count: int | None = None
         idle = replied = interrupted = False
         try:
-            while self.transport.receive(0):
+            for _ in self.transport.receive(0):
                 pass  # earlier requests' leftovers; a loss among them: this cell is not sent
             content = {"code": code, "silent": silent, "store_history": not silent}
             content |= {"user_expressions": user_expressions or {}, "allow_stdin": False}
@@ -144,15 +154,16 @@ class KernelConversation:
             deadline = heard_at + limit_s
             while not (idle and replied):
                 now = time.monotonic()
-                if (reason := stop_reason()) is not None:
-                    return out.finish(error=error, lost=reason)
+                if (reason := self._stop_reason()) is not None:
+                    return self._lose(out, error, reason, timed_out=False)
                 if now >= deadline and not interrupted:
                     self.transport.interrupt()
                     deadline, interrupted = now + self._grace_s, True
                 elif now >= deadline:
                     raise KernelLost("timeout" if silent else f"timeout: {self.transport.kill()}")
-                msgs = self.transport.receive(min(POLL_S, deadline - now))
-                for msg in msgs:
+                quiet = True
+                for msg in self.transport.receive(min(POLL_S, deadline - now)):
+                    quiet = False
                     if parent_id(msg) != msg_id:
                         continue  # an earlier request's leftovers, e.g. of a timed-out cell
                     kind, body = msg["msg_type"], msg["content"]
@@ -165,9 +176,14 @@ class KernelConversation:
                         error = kernel_error(body)
                     else:
                         collect_output(kind, body, out)
-                cause = None if msgs else self.transport.death_cause(now - heard_at)
-                if cause is not None:
+                if quiet and (cause := self.transport.death_cause(now - heard_at)) is not None:
                     raise KernelLost(cause)
         except KernelLost as lost:
-            return out.finish(error=error, timed_out=interrupted, lost=lost.cause)
+            return self._lose(out, error, lost.cause, timed_out=interrupted)
         return out.finish(error=error, execution_count=count, timed_out=interrupted)
+
+    def _lose(
+        self, out: OutputCollector, error: Error | None, lost: str, timed_out: bool
+    ) -> Execution:
+        self._on_lost()
+        return out.finish(error=error, timed_out=timed_out, lost=lost)

@@ -66,12 +66,12 @@ class KernelSession(ABC, Generic[K]):
         """The first kernel, for the constructor; if it fails, the session is closed."""
         try:
             with self._busy:
-                self._ready()
+                self._ensure_kernel()
         except BaseException:
             self.close()
             raise
 
-    def _ready(self) -> K:
+    def _ensure_kernel(self) -> K:
         self._state = SessionState.STARTING
         try:
             kernel = self._connect()
@@ -82,30 +82,16 @@ class KernelSession(ABC, Generic[K]):
         return kernel
 
     def _conversation(self, kernel: K) -> KernelConversation:
-        return KernelConversation(kernel, interrupt_grace_s=self._limits.interrupt_grace_s)
-
-    def _run(
-        self,
-        conversation: KernelConversation,
-        code: str,
-        limit_s: float,
-        out: OutputCollector,
-        *,
-        silent: bool = False,
-        user_expressions: dict[str, str] | None = None,
-    ) -> Execution:
-        result = conversation.run(
-            code,
-            limit_s=limit_s,
-            out=out,
+        return KernelConversation(
+            kernel,
+            interrupt_grace_s=self._limits.interrupt_grace_s,
             stop_reason=lambda: self._stop_reason,
-            silent=silent,
-            user_expressions=user_expressions,
+            on_lost=self._lose,
         )
-        if result.lost is not None:
-            self._discard_kernel()
-            self._state = SessionState.DEAD
-        return result
+
+    def _lose(self) -> None:
+        self._discard_kernel()
+        self._state = SessionState.DEAD
 
     def execute(
         self, code: str, *, timeout_s: float | None = None, on_output: OnOutput | None = None
@@ -116,11 +102,11 @@ class KernelSession(ABC, Generic[K]):
         try:
             if self._closed:
                 raise errors.SessionClosed()
-            kernel = self._ready()
+            kernel = self._ensure_kernel()
             self._state = SessionState.BUSY
             out = OutputCollector(max_chars=self._limits.max_output_chars, on_output=on_output)
             limit_s = self._limits.timeout_s if timeout_s is None else timeout_s
-            return self._run(self._conversation(kernel), code, limit_s, out)
+            return self._conversation(kernel).run(code, limit_s, out)
         finally:
             if self._state is SessionState.BUSY:
                 self._state = SessionState.IDLE
@@ -142,7 +128,7 @@ class KernelSession(ABC, Generic[K]):
             if self._closed:
                 raise errors.SessionClosed(action="restart the session")
             self._reset_kernel()
-            self._ready()
+            self._ensure_kernel()
 
     def close(self) -> None:
         """Stop the kernel and every process it started; remove what the session owns.
