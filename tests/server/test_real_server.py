@@ -127,6 +127,27 @@ def test_the_url_with_the_token_is_printed_and_a_remote_host_is_refused(
     assert "--allow-remote" in refused.stderr
 
 
+def test_an_unused_session_expires_after_the_session_idle_timeout_option(
+    tmp_path: Path, started: list[Server]
+) -> None:
+    server = Server(tmp_path, [], "--session-idle-timeout", "1")
+    started.append(server)
+    sid = server.client.post("/api/sessions", json={}).json()["id"]
+    deadline = time.monotonic() + 30
+    while (reply := server.client.get(f"/api/sessions/{sid}")).status_code != 404:
+        assert time.monotonic() < deadline, "the unused session never expired"
+        time.sleep(0.05)
+    assert "--session-idle-timeout" in reply.json()["detail"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "codeinterp.cli", "serve", "--session-idle-timeout", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "0 or more" in refused.stderr
+
+
 def test_closing_an_execute_stream_interrupts_the_cell(
     tmp_path: Path, started: list[Server]
 ) -> None:

@@ -126,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         db_path=args.db or default_db_path(),
         data_dir=args.data_dir or default_data_dir(),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        session_idle_timeout_s=args.session_idle_timeout,
         cell_timeout_s=args.timeout_s,
         protocol=args.protocol,
         max_rounds=args.max_rounds,
@@ -136,6 +137,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"codeinterp serve: http://{shown}:{args.port}/#token={token}", flush=True)
     serve(settings, host=args.host, port=args.port)
     return 0
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds, 0 or more (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"give a number of seconds, 0 or more, not {text!r}")
+    return value
 
 
 def register(commands: Any) -> None:
@@ -230,6 +242,15 @@ def register(commands: Any) -> None:
     )
     server.add_argument(
         "--max-upload-mb", type=float, default=100, metavar="N", help="default: %(default)g"
+    )
+    server.add_argument(
+        "--session-idle-timeout",
+        type=_seconds,
+        default=3600,
+        metavar="S",
+        help="close an API session nobody used (no cell, no file access) for S seconds; a "
+        "conversation's session only goes dormant and reopens on the next use; 0: never "
+        "(default: %(default)g)",
     )
     add_loop_options(server, workspace=False)
     server.set_defaults(handler=cmd_serve)

@@ -2,8 +2,9 @@
 
 Needs the `serve` extra (`pip install 'codeinterp[serve]'`). Modules: app.py (wiring, errors,
 lifespan), auth.py (the token), runtime.py (resources and worker threads), sessions.py (the
-session registry), files.py (safe workspace paths), conversations.py (the loop, stored),
-sse.py (Server-Sent Events from threads), routes/ (one module per part of the API).
+session registry), expiry.py (releases idle sessions), files.py (safe workspace paths),
+conversations.py (the loop, stored), turns.py (one turn at a time, interrupts), sse.py
+(Server-Sent Events from threads), routes/ (one module per part of the API).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Wiring: the FastAPI app of `codeinterp serve`, its lifespan, its errors, and `serve()`.
 
-`create_app(settings)` builds an app and nothing else; its resources (store, executor, model)
-are made by the lifespan at start-up and closed at shutdown, so an app can be built, tested
-in-process and thrown away. The /api routes all need the token; the page's static files do not.
-No CORS middleware: a page from another origin gets no permission to call the API.
+`create_app(settings)` builds an app and nothing else; its resources (store, executor, model,
+the reaper of idle sessions) are made by the lifespan at start-up and closed at shutdown, so an
+app can be built, tested in-process and thrown away. The /api routes all need the token; the
+page's static files do not. No CORS middleware: a page from another origin gets no permission
+to call the API.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from codeinterp.errors import (
 )
 from codeinterp.server import files
 from codeinterp.server.auth import token_checker
-from codeinterp.server.conversations import TurnRunning
+from codeinterp.server.expiry import idle_reaper
 from codeinterp.server.routes import conversations, service, sessions
 from codeinterp.server.routes import files as file_routes
 from codeinterp.server.runtime import ModelUnavailable, Runtime
 from codeinterp.server.sessions import OwnedByConversation, UnknownSession
 from codeinterp.server.settings import ServerSettings
+from codeinterp.server.turns import TurnRunning
 from codeinterp.store import NotFound
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -75,7 +77,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.runtime = runtime
         try:
             await runtime.run(runtime.start)
-            yield
+            async with idle_reaper(runtime):
+                yield
             await runtime.run(runtime.stop_work)
             await runtime.wait_for_work()
         finally:

@@ -4,8 +4,9 @@ A turn stores `{"type": "user"}`, then every loop event the moment it is yielded
 model's messages as the loop appends them; so after a crash the store holds the conversation
 up to its last completed event, and the `Interpreter`'s history is rebuilt from the messages.
 A conversation's session has the conversation's id and a workspace of its own under the data
-directory; after a restart it is opened anew on that workspace and a `session_lost` event says
-so (variables gone, files kept). One turn at a time per conversation.
+directory; after a restart, or once it was released for going unused (expiry.py), it is opened
+anew on that workspace and a `session_lost` event says so (variables gone, files kept). One turn
+at a time per conversation (turns.py).
 
 Everything here blocks (store, sessions, the model): the routes call it in worker threads.
 """
@@ -15,16 +16,16 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codeinterp.agent import Event, Interpreter
+from codeinterp.agent import Interpreter
 from codeinterp.agent.serialize import event_to_dict
 from codeinterp.errors import CodeinterpError
 from codeinterp.models.base import Message
 from codeinterp.server.sessions import SessionEntry, UnknownSession
+from codeinterp.server.turns import Live, TurnRunning
 from codeinterp.store import Conversation, NotFound
 
 if TYPE_CHECKING:
@@ -35,69 +36,6 @@ Emit = Callable[[str, dict[str, Any]], None]
 DELETE_WAIT_S = 15.0
 # `session_state` values we keep in the store: a session was open / a turn was running.
 OPEN, RUNNING = "open", "running"
-
-
-class TurnRunning(CodeinterpError):
-    """A turn is already running in this conversation (409)."""
-
-    def __init__(self, conversation_id: str) -> None:
-        super().__init__(
-            f"A turn is already running in conversation {conversation_id!r}; wait for its "
-            f"`done` event, or stop it with POST /api/conversations/{conversation_id}/interrupt."
-        )
-
-
-@dataclass
-class Live:
-    """What this process holds for one conversation: its loop and its turn lock.
-
-    A turn is claimed (`claim`) before its loop starts (`start_loop`), and the loop may first
-    have to be built, which takes a while after a restart. An interrupt in between is recorded
-    as `stopped_turn` and passed on when the loop starts, so it is never lost; one for a turn
-    that has ended is ignored, so it never stops the next.
-    """
-
-    id: str
-    turn_lock: threading.Lock = field(default_factory=threading.Lock)
-    interpreter: Interpreter | None = None
-    notices: list[dict[str, Any]] = field(default_factory=list)
-    turns: int = 0
-    """How many turns this process began: tells a turn from the next one."""
-    stopped_turn: int = 0
-    """The last turn asked to stop."""
-    _state: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    """Orders claims, loop starts and interrupts against each other."""
-
-    @property
-    def running(self) -> bool:
-        return self.turn_lock.locked()
-
-    def claim(self) -> bool:
-        """Take the conversation for a new turn; False if one is running."""
-        with self._state:
-            if not self.turn_lock.acquire(blocking=False):
-                return False
-            self.turns += 1
-            return True
-
-    def start_loop(self, interpreter: Interpreter, text: str) -> Iterator[Event]:
-        """The claimed turn's loop events; stopped at once if it was interrupted meanwhile."""
-        with self._state:
-            events = interpreter.chat(text)  # from here on, interpreter.interrupt() stops it
-            if self.stopped_turn == self.turns:
-                interpreter.interrupt()
-            return events
-
-    def interrupt(self, turn: int | None = None) -> None:
-        """Interrupt the running turn (only if it is still `turn`, when given)."""
-        with self._state:
-            if not self.running or turn not in (None, self.turns):
-                return
-            self.stopped_turn = self.turns
-            if self.interpreter is not None:
-                # Under the lock, so it cannot land on the next turn's loop. If this turn's
-                # loop has not started, chat() clears it and start_loop() passes it on again.
-                self.interpreter.interrupt()
 
 
 def merge_user_messages(messages: list[Message]) -> list[Message]:
@@ -170,12 +108,20 @@ class Conversations:
             )
 
     def reopened(self, entry: SessionEntry) -> None:
-        """A dormant conversation session was opened anew: record what the restart lost."""
+        """A dormant conversation session was opened anew: record what was lost, and why."""
         if entry.conversation_id is None:
             return
         store = self._rt.db()
         conversation = self._get(entry.conversation_id)
-        if conversation.session_state in (OPEN, RUNNING):
+        detail = None
+        if entry.released_idle:
+            detail = (
+                "This conversation's session went unused for longer than the service's "
+                f"--session-idle-timeout ({self._rt.settings.session_idle_timeout_s:g} s), so "
+                "it was closed to free its resources: variables and imports are gone; files "
+                "in the workspace are kept. A new session runs on the same workspace."
+            )
+        elif conversation.session_state in (OPEN, RUNNING):
             detail = (
                 "The service restarted, so this conversation's session was lost: variables "
                 "and imports are gone; files in the workspace are kept. A new session runs "
@@ -183,6 +129,7 @@ class Conversations:
             )
             if conversation.session_state == RUNNING:
                 detail = "A turn was running when the service stopped; it was cut off. " + detail
+        if detail is not None:
             event: dict[str, Any] = {"type": "session_lost", "detail": detail}
             turn = store.last_turn(conversation.id)
             seq = store.append_event(conversation.id, turn, event)
@@ -236,12 +183,15 @@ class Conversations:
             raise TurnRunning(conversation_id)
         return live
 
-    def _interpreter(self, live: Live) -> Interpreter:
-        """The conversation's loop; after a restart, rebuilt from the stored messages."""
-        if live.interpreter is None:
-            rt = self._rt
-            entry = rt.sessions.get(live.id)
-            session, _ = rt.sessions.live(entry)
+    def _interpreter(self, live: Live, entry: SessionEntry) -> Interpreter:
+        """The conversation's loop on its session (held by the caller), opened if dormant.
+
+        Rebuilt from the stored messages when there is none (after a restart) or when its
+        session is not the open one (released as idle, and a new one opened since).
+        """
+        rt = self._rt
+        session, _ = rt.sessions.live(entry)
+        if live.interpreter is None or live.interpreter.session is not session:
             interpreter = Interpreter(
                 rt.model(),
                 session,
@@ -258,37 +208,42 @@ class Conversations:
     def run_turn(self, live: Live, text: str, emit: Emit) -> None:
         """One turn, every event stored then emitted; ends with `done` or `error`.
 
-        Runs in a worker thread and releases the turn claimed by `begin_turn`.
+        Runs in a worker thread and releases the turn claimed by `begin_turn`. The session is
+        held meanwhile, so it is not released as idle during the turn.
         """
         try:
-            store = self._rt.db()
-            interpreter = self._interpreter(live)
-            notices, live.notices = live.notices, []
-            for notice in notices:
-                emit(notice["type"], notice)
-            turn = store.last_turn(live.id) + 1
-            store.update_conversation(live.id, session_state=RUNNING)
-            user = {"type": "user", "text": text}
-            emit("user", {**user, "turn": turn, "seq": store.append_event(live.id, turn, user)})
-            before, last = len(interpreter.messages), interpreter.messages[-1]
-            synced: int | None = None
-            for event in live.start_loop(interpreter, text):
-                if synced is None:
-                    synced = self._store_user_message(live, interpreter, before, last)
-                synced = self._store_messages(live, interpreter, synced)
-                data = event_to_dict(event)
-                seq = store.append_event(live.id, turn, data)
-                emit(data["type"], {**data, "turn": turn, "seq": seq})
-            if synced is not None:
-                self._store_messages(live, interpreter, synced)
-            store.update_conversation(live.id, session_state=OPEN)
-            emit("done", {})
+            with self._rt.sessions.in_use(live.id) as entry:
+                self._run_turn(live, entry, text, emit)
         except Exception as exc:
             if not isinstance(exc, CodeinterpError):
                 log.exception("conversation %s: the turn failed", live.id)
             emit("error", {"detail": str(exc) or type(exc).__name__})
         finally:
             live.turn_lock.release()
+
+    def _run_turn(self, live: Live, entry: SessionEntry, text: str, emit: Emit) -> None:
+        store = self._rt.db()
+        interpreter = self._interpreter(live, entry)
+        notices, live.notices = live.notices, []
+        for notice in notices:
+            emit(notice["type"], notice)
+        turn = store.last_turn(live.id) + 1
+        store.update_conversation(live.id, session_state=RUNNING)
+        user = {"type": "user", "text": text}
+        emit("user", {**user, "turn": turn, "seq": store.append_event(live.id, turn, user)})
+        before, last = len(interpreter.messages), interpreter.messages[-1]
+        synced: int | None = None
+        for event in live.start_loop(interpreter, text):
+            if synced is None:
+                synced = self._store_user_message(live, interpreter, before, last)
+            synced = self._store_messages(live, interpreter, synced)
+            data = event_to_dict(event)
+            seq = store.append_event(live.id, turn, data)
+            emit(data["type"], {**data, "turn": turn, "seq": seq})
+        if synced is not None:
+            self._store_messages(live, interpreter, synced)
+        store.update_conversation(live.id, session_state=OPEN)
+        emit("done", {})
 
     def _store_user_message(
         self, live: Live, interpreter: Interpreter, before: int, last: Message
@@ -325,12 +280,14 @@ class Conversations:
         """History cleared for the model, session restarted, files kept (409 during a turn)."""
         live = self.begin_turn(conversation_id)
         try:
-            if live.interpreter is not None:
-                live.interpreter.reset()
-            else:
-                session, opened = self._rt.sessions.live(self._rt.sessions.get(conversation_id))
-                if not opened:
-                    session.restart()
+            with self._rt.sessions.in_use(conversation_id) as entry:
+                session, opened = self._rt.sessions.live(entry)
+                if live.interpreter is not None and live.interpreter.session is session:
+                    live.interpreter.reset()
+                else:
+                    live.interpreter = None  # the next turn builds it from the cleared history
+                    if not opened:
+                        session.restart()
             self._rt.db().clear_history(conversation_id)
         finally:
             live.turn_lock.release()

@@ -20,6 +20,8 @@ DEFAULT_MAX_UPLOAD_MB = 100
 # Worker threads for blocking work (cells, model streams, SQLite). A running cell holds one for
 # its whole duration, so this bounds how many cells can run at once across all sessions.
 DEFAULT_MAX_THREADS = 256
+# A session unused this long is released (closed; a conversation's goes dormant).
+DEFAULT_SESSION_IDLE_TIMEOUT_S = 3600.0
 
 
 def default_data_dir() -> Path:
@@ -51,7 +53,15 @@ class ServerSettings:
     installer: PackageInstaller | None = None
     """Installs allowed missing packages for the loop (off unless given; see agent/packages)."""
     max_threads: int = DEFAULT_MAX_THREADS
+    session_idle_timeout_s: float = DEFAULT_SESSION_IDLE_TIMEOUT_S
+    """Release a session nobody used (no cell, no file access, no turn) for this long; 0: never.
+    A plain API session is closed and forgotten; a conversation's only goes dormant."""
 
     def __post_init__(self) -> None:
         if not self.token:
             raise ValueError("ServerSettings needs a non-empty token.")
+        if not self.session_idle_timeout_s >= 0:  # also refuses NaN
+            raise ValueError(
+                f"session_idle_timeout_s must be 0 (never expire) or a positive number of "
+                f"seconds, not {self.session_idle_timeout_s!r}."
+            )

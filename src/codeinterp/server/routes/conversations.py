@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
-from codeinterp.server.conversations import Live
 from codeinterp.server.deps import RuntimeDep
 from codeinterp.server.runtime import Runtime
 from codeinterp.server.schemas import (
@@ -20,6 +19,7 @@ from codeinterp.server.schemas import (
     Ok,
 )
 from codeinterp.server.sse import EventStream, ThreadFeed
+from codeinterp.server.turns import Live
 
 router = APIRouter(prefix="/conversations", tags=["conversations"])
 

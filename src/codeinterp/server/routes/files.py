@@ -3,7 +3,8 @@
 The multipart body is parsed from a stream that counts bytes, so an upload over the limit is
 refused with 413 as soon as it crosses it, not after it has been spooled to disk whole.
 Sessions whose workspace is on another host (`gateway`) have no files here: 409, before
-anything is read or written (`Runtime.local_workspace`).
+anything is read or written (`Runtime.local_workspace`). Every file request is a use of its
+session: the session is not released as idle during it, and its idle time starts after.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ UPLOAD_BODY = {
 
 @router.get("", response_model=list[FileInfo])
 async def list_files(session_id: str, rt: RuntimeDep) -> list[dict[str, object]]:
-    entry = rt.sessions.get(session_id)
-    workspace = await rt.run(rt.local_workspace, entry)
-    return await rt.run(files.list_files, workspace)
+    with rt.sessions.in_use(session_id) as entry:
+        workspace = await rt.run(rt.local_workspace, entry)
+        return await rt.run(files.list_files, workspace)
 
 
 @router.post(
@@ -65,8 +66,12 @@ async def list_files(session_id: str, rt: RuntimeDep) -> list[dict[str, object]]
     openapi_extra=UPLOAD_BODY,
 )
 async def upload(session_id: str, request: Request, rt: RuntimeDep) -> list[dict[str, object]]:
-    entry = rt.sessions.get(session_id)
-    workspace = await rt.run(rt.local_workspace, entry)
+    with rt.sessions.in_use(session_id) as entry:
+        workspace = await rt.run(rt.local_workspace, entry)
+        return await _upload(request, rt, workspace)
+
+
+async def _upload(request: Request, rt: Runtime, workspace: Path) -> list[dict[str, object]]:
     limit = rt.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MULTIPART_SLACK:
@@ -122,9 +127,9 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download(session_id: str, path: str, rt: RuntimeDep) -> StreamingResponse:
-    entry = rt.sessions.get(session_id)
-    workspace = await rt.run(rt.local_workspace, entry)
-    opened = await rt.run(files.open_file, workspace, path)
+    with rt.sessions.in_use(session_id) as entry:
+        workspace = await rt.run(rt.local_workspace, entry)
+        opened = await rt.run(files.open_file, workspace, path)
     media_type = mimetypes.guess_type(opened.name)[0] or "application/octet-stream"
     return StreamingResponse(
         _read(rt, opened),

@@ -1,4 +1,8 @@
-"""Sessions without a model: create, inspect, interrupt, restart, delete, execute (JSON or SSE)."""
+"""Sessions without a model: create, inspect, interrupt, restart, delete, execute (JSON or SSE).
+
+Executing and restarting count as uses of a session (they restart its idle time, and it is
+never released as idle while they run); looking at it or interrupting it do not.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from codeinterp.outputs import Output, output_to_dict
 from codeinterp.server.deps import RuntimeDep
 from codeinterp.server.runtime import Runtime
 from codeinterp.server.schemas import ExecuteRequest, ExecutionDict, Ok, SessionCreate, SessionInfo
+from codeinterp.server.sessions import SessionEntry
 from codeinterp.server.sse import EventStream, ThreadFeed
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -52,11 +57,11 @@ async def interrupt_session(session_id: str, rt: RuntimeDep) -> Ok:
 
 @router.post("/{session_id}/restart", response_model=SessionInfo)
 async def restart_session(session_id: str, rt: RuntimeDep) -> dict[str, Any]:
-    entry = rt.sessions.get(session_id)
-    session, opened = await rt.run(rt.sessions.live, entry)
-    if not opened:
-        await rt.run(session.restart)
-    return entry.to_dict()
+    with rt.sessions.in_use(session_id) as entry:
+        session, opened = await rt.run(rt.sessions.live, entry)
+        if not opened:
+            await rt.run(session.restart)
+        return entry.to_dict()
 
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -74,21 +79,31 @@ async def delete_session(session_id: str, rt: RuntimeDep) -> Response:
 async def execute(
     session_id: str, body: ExecuteRequest, rt: RuntimeDep, stream: bool = False
 ) -> Any:
-    entry = rt.sessions.get(session_id)
-    session = rt.sessions.open_now(entry) or (await rt.run(rt.sessions.live, entry))[0]
-    timeout_s = body.timeout_s or entry.timeout_s
-    if not stream:
-        execution = await rt.run(session.execute, body.code, timeout_s=timeout_s)
-        return execution.to_dict()
-    if session.state is SessionState.BUSY:
-        raise SessionBusy()  # early, as a 409, rather than an error event
-    return EventStream(_stream_cell(rt, session, body.code, timeout_s))
+    entry = rt.sessions.hold(session_id)  # until the cell ends: not released as idle meanwhile
+    streaming = False
+    try:
+        session = rt.sessions.open_now(entry) or (await rt.run(rt.sessions.live, entry))[0]
+        timeout_s = body.timeout_s or entry.timeout_s
+        if not stream:
+            execution = await rt.run(session.execute, body.code, timeout_s=timeout_s)
+            return execution.to_dict()
+        if session.state is SessionState.BUSY:
+            raise SessionBusy()  # early, as a 409, rather than an error event
+        cell = _stream_cell(rt, entry, session, body.code, timeout_s)
+        streaming = True
+        return EventStream(cell)
+    finally:
+        if not streaming:
+            rt.sessions.release(entry)
 
 
 def _stream_cell(
-    rt: Runtime, session: Session, code: str, timeout_s: float | None
+    rt: Runtime, entry: SessionEntry, session: Session, code: str, timeout_s: float | None
 ) -> AsyncIterator[bytes]:
-    """The cell's outputs as SSE frames; the cell runs in a worker thread."""
+    """The cell's outputs as SSE frames; the cell runs in a worker thread.
+
+    The worker releases the held `entry` when the cell ends, whether or not anyone listens.
+    """
     feed = ThreadFeed()
     finished = threading.Event()
 
@@ -104,6 +119,7 @@ def _stream_cell(
         except Exception as exc:  # reported to the client; the service goes on
             feed.emit("error", {"detail": f"{type(exc).__name__}: {exc}"})
         finally:
+            rt.sessions.release(entry)
             finished.set()
             feed.end()
 
