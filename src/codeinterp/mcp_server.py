@@ -194,6 +194,7 @@ async def _serve_http(server: MCPServer[Any], host: str, port: int) -> None:
 def serve(
     *,
     executor: str = "sandbox",
+    executor_options: dict[str, Any] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     workspace_root: Path | None = None,
     http: bool = False,
@@ -205,7 +206,7 @@ def serve(
     if workspace_root is not None:
         workspace_root.mkdir(parents=True, exist_ok=True)
         workspace_root = workspace_root.resolve()
-    engine = get_executor(executor, timeout_s=timeout_s)
+    engine = get_executor(executor, timeout_s=timeout_s, **(executor_options or {}))
     pool = SessionPool(engine, workspace_root)
     server = build_server(pool, timeout_s)
 

@@ -21,7 +21,7 @@ async def test_the_file_routes_refuse_a_gateway_session_and_leave_its_workspace_
     tmp_path: Path, kernel_gateway: KernelGateway
 ) -> None:
     options = {"url": kernel_gateway.url, "token": kernel_gateway.token}
-    settings = settings_for(tmp_path, executor="gateway", executor_options=options)
+    settings = settings_for(tmp_path, executor="gateway", executor_options={"gateway": options})
     async with running_app(settings) as client:
         created = await client.post("/api/sessions", json={})
         assert created.status_code == 201, created.text

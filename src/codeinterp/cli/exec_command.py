@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from codeinterp.cli.executor_args import add_executor_arguments, executor_options
 from codeinterp.errors import CodeinterpError
-from codeinterp.executors import available_executors, get_executor
+from codeinterp.executors import get_executor
 from codeinterp.executors.base import DEFAULT_MAX_OUTPUT_CHARS, DEFAULT_TIMEOUT_S
 from codeinterp.outputs import Display, Execution, Output, Stream
 from codeinterp.render import clean_text, image_placeholder
 
 if TYPE_CHECKING:
     pass
-
-DEFAULT_EXECUTOR = "sandbox"
 
 EXEC_EPILOG = """\
 examples:
@@ -106,13 +104,7 @@ def _cells(args: argparse.Namespace, stdin: TextIO) -> list[str]:
 def cmd_exec(args: argparse.Namespace) -> int:
     cells = _cells(args, sys.stdin)
     options = {"timeout_s": args.timeout_s, "max_output_chars": args.max_output_chars}
-    if args.executor == "gateway":
-        if not args.gateway_url:
-            raise CodeinterpError("--executor gateway needs --gateway-url URL.")
-        token = os.environ.get("CODEINTERP_GATEWAY_TOKEN")
-        options |= {"url": args.gateway_url, "token": token}
-    elif args.gateway_url:
-        raise CodeinterpError("--gateway-url is only for --executor gateway.")
+    options |= executor_options(args)
     with warnings.catch_warnings():
         if args.executor == "inprocess":
             warnings.simplefilter("always")
@@ -147,12 +139,7 @@ def register(commands: Any) -> None:
     run.add_argument(
         "-c", dest="code", action="append", metavar="CODE", help="a cell of code (repeatable)"
     )
-    run.add_argument(
-        "--executor",
-        default=DEFAULT_EXECUTOR,
-        choices=sorted(available_executors()),
-        help=f"where the code runs (default: {DEFAULT_EXECUTOR})",
-    )
+    add_executor_arguments(run)
     run.add_argument(
         "--timeout-s",
         type=float,
@@ -172,12 +159,6 @@ def register(commands: Any) -> None:
         default=DEFAULT_MAX_OUTPUT_CHARS,
         metavar="N",
         help="stream output kept per cell, head + tail (default: %(default)s)",
-    )
-    run.add_argument(
-        "--gateway-url",
-        metavar="URL",
-        help="with --executor gateway: the Jupyter (Enterprise) Gateway, e.g. "
-        "http://127.0.0.1:8888; its token is read from $CODEINTERP_GATEWAY_TOKEN",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object per cell")
     run.add_argument(

@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from codeinterp.executors import available_executors, get_executor
+from codeinterp.executors import get_executor
 from codeinterp.executors.base import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from codeinterp.agent import Event, Interpreter
     from codeinterp.agent.packages import PackageInstaller
 
-from codeinterp.cli.exec_command import DEFAULT_EXECUTOR
+from codeinterp.cli.executor_args import add_executor_arguments, executor_options
 
 
 def model_options(args: argparse.Namespace) -> dict[str, object]:
@@ -43,9 +43,10 @@ def _interpreter(args: argparse.Namespace, stack: contextlib.ExitStack) -> Inter
     from codeinterp.agent import Interpreter
     from codeinterp.models import get_model
 
+    options = executor_options(args)  # checked before a model takes seconds to load
     model = get_model(args.model, **model_options(args))
     stack.callback(model.close)
-    executor = stack.enter_context(get_executor(args.executor, timeout_s=args.timeout_s))
+    executor = stack.enter_context(get_executor(args.executor, timeout_s=args.timeout_s, **options))
     session = stack.enter_context(executor.open(workspace=args.workspace))
     return Interpreter(
         model,
@@ -156,12 +157,7 @@ def add_loop_options(parser: argparse.ArgumentParser, *, workspace: bool = True)
         help="qwen-0.5b (embedded, default), qwen-1.5b, smollm2, llamacpp:/path/model.gguf, "
         "openai:MODEL, hf:org/name (default: $CODEINTERP_MODEL or %(default)s)",
     )
-    parser.add_argument(
-        "--executor",
-        default=DEFAULT_EXECUTOR,
-        choices=sorted(available_executors()),
-        help=f"where the code runs (default: {DEFAULT_EXECUTOR})",
-    )
+    add_executor_arguments(parser)
     if workspace:
         parser.add_argument("--workspace", type=Path, metavar="DIR", help="the session's folder")
     parser.add_argument(

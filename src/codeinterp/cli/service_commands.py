@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from codeinterp.errors import CodeinterpError
-from codeinterp.executors import available_executors
 from codeinterp.executors.base import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     pass
 
-from codeinterp.cli.exec_command import DEFAULT_EXECUTOR
+from codeinterp.cli.executor_args import add_executor_arguments, executor_options
 from codeinterp.cli.loop_commands import add_loop_options, model_options, package_installer
 
 
@@ -46,6 +45,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         raise CodeinterpError("`codeinterp mcp` needs: pip install 'codeinterp[mcp]'.") from exc
     return serve(
         executor=args.executor,
+        executor_options=executor_options(args),
         timeout_s=args.timeout_s,
         workspace_root=args.workspace_root,
         http=args.http,
@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=token,
         model=args.model,
         executor=args.executor,
+        executor_options={args.executor: executor_options(args)},
         db_path=args.db or default_db_path(),
         data_dir=args.data_dir or default_data_dir(),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
@@ -171,12 +172,7 @@ def register(commands: Any) -> None:
     mcp.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (no auth!)"
     )
-    mcp.add_argument(
-        "--executor",
-        default=DEFAULT_EXECUTOR,
-        choices=sorted(available_executors()),
-        help=f"where the code runs (default: {DEFAULT_EXECUTOR})",
-    )
+    add_executor_arguments(mcp)
     mcp.add_argument(
         "--timeout-s",
         type=float,

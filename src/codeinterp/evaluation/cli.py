@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from codeinterp.cli.executor_args import executor_options
 from codeinterp.evaluation.runner import Evaluator, TaskResult, summary
 from codeinterp.evaluation.tasks import load_tasks
 from codeinterp.executors import get_executor
@@ -75,7 +76,8 @@ def cmd_eval(args: argparse.Namespace, model_options: dict[str, object]) -> int:
     console = Console(stderr=args.json == "-")
     factory, models = _model_factory(args, model_options)
     feedback = not args.no_feedback
-    with get_executor(args.executor, timeout_s=args.timeout_s) as executor:
+    options = executor_options(args)
+    with get_executor(args.executor, timeout_s=args.timeout_s, **options) as executor:
         evaluator = Evaluator(
             factory,
             executor,

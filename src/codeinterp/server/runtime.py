@@ -155,12 +155,12 @@ class Runtime:
             if executor is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # inprocess warns; the caller chose it
-                    executor = get_executor(name, **self._executor_options())
+                    executor = get_executor(name, **self._executor_options(name))
                 self._executors[name] = executor
             return executor
 
-    def _executor_options(self) -> dict[str, Any]:
-        options = dict(self.settings.executor_options)
+    def _executor_options(self, name: str) -> dict[str, Any]:
+        options = dict(self.settings.executor_options.get(name, {}))
         if self.settings.cell_timeout_s is not None:
             options.setdefault("timeout_s", self.settings.cell_timeout_s)
         return options

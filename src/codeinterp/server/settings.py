@@ -47,7 +47,8 @@ class ServerSettings:
     protocol: Literal["markdown", "tools"] = "markdown"
     max_rounds: int = 6
     model_options: dict[str, Any] = field(default_factory=dict)
-    executor_options: dict[str, Any] = field(default_factory=dict)
+    executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments for each executor by name, e.g. {"gateway": {"url": ..., "token": ...}}."""
     model_factory: Callable[[], Model] | None = None
     """Builds the model instead of `get_model(model, **model_options)` (tests: a ScriptedModel)."""
     installer: PackageInstaller | None = None
