@@ -115,12 +115,6 @@ class _RemoteKernel:
                 ws.abort()  # wakes the reader, which then ends
                 ws.shutdown()
 
-    def delete(self) -> None:
-        """Disconnect, and ask the gateway to shut the kernel down if it still has it."""
-        self.disconnect()
-        with contextlib.suppress(Exception):
-            self.gateway.http("DELETE", f"/api/kernels/{self.id}")
-
     def post(self, action: str) -> bool:
         """`POST /api/kernels/{id}/{action}`; False if that failed."""
         try:
@@ -209,23 +203,20 @@ class GatewaySession(KernelSession[_RemoteKernel]):
 
     def _connect(self) -> _RemoteKernel:
         """A kernel that answered and is set up; one the gateway lost is replaced, once."""
-        try:
+        for _ in range(2):
             try:
                 return self._connect_once()
             except _KernelGone:
                 self._drop_kernel()
-                return self._connect_once()
-        except _KernelGone:
-            self._drop_kernel()
-            raise errors.SessionStartError(
-                f"The gateway at {self._ex.url} lost two new kernels in a row; see its log."
-            ) from None
-        except errors.CodeinterpError:
-            raise
-        except Exception as exc:  # the websocket library's errors
-            raise errors.SessionStartError(
-                f"Could not reach a kernel on the gateway at {self._ex.url}: {exc}"
-            ) from exc
+            except errors.CodeinterpError:
+                raise
+            except Exception as exc:  # the websocket library's errors
+                raise errors.SessionStartError(
+                    f"Could not reach a kernel on the gateway at {self._ex.url}: {exc}"
+                ) from exc
+        raise errors.SessionStartError(
+            f"The gateway at {self._ex.url} lost two new kernels in a row; see its log."
+        )
 
     def _connect_once(self) -> _RemoteKernel:
         if self._kernel is None:
@@ -271,7 +262,9 @@ class GatewaySession(KernelSession[_RemoteKernel]):
         """Forget the kernel, asking the gateway to shut it down if it still has it."""
         kernel, self._kernel, self._prepared = self._kernel, None, False
         if kernel is not None:
-            kernel.delete()
+            kernel.disconnect()
+            with contextlib.suppress(Exception):
+                self._ex.http("DELETE", f"/api/kernels/{kernel.id}")
 
     def _discard_kernel(self) -> None:
         """Set the kernel up again before the next cell; replace it if the gateway lost it."""

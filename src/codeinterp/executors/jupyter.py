@@ -91,9 +91,6 @@ class _Kernel:
         """Why the kernel process ended ("signal 11 (SIGSEGV)", "exit 3"), or None if alive."""
         return None if (code := self.proc.poll()) is None else describe_exit(code)
 
-    def log_tail(self) -> str:
-        return self.log.read_bytes()[-2000:].decode(errors="replace").strip()
-
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(OSError):
             if self.own_group:  # the group outlives its leader while user daemons are in it
@@ -136,12 +133,9 @@ class JupyterSession(KernelSession[_Kernel]):
         self._open()
 
     def _connect(self) -> _Kernel:
-        if self._kernel is None:
-            self._kernel = self._start()
-        return self._kernel
-
-    def _start(self) -> _Kernel:
-        """A fresh kernel that has answered and is set up."""
+        """The kernel, or a fresh one that has answered and is set up."""
+        if self._kernel is not None:
+            return self._kernel
         name, kernel = self._kernel_name, None
         try:
             kernel = _Kernel(name, self.workspace, self._rundir)
@@ -151,9 +145,10 @@ class JupyterSession(KernelSession[_Kernel]):
             except (KernelLost, TimeoutError) as exc:
                 why = "did not answer in time"
                 if isinstance(exc, KernelLost):
-                    why = f"died while starting ({exc.cause})"
+                    why = f"died while starting ({exc})"
+                log = kernel.log.read_bytes()[-2000:].decode(errors="replace").strip()
                 raise errors.SessionStartError(
-                    f"The kernel {why}. Its stderr ends with:\n{kernel.log_tail()}"
+                    f"The kernel {why}. Its stderr ends with:\n{log}"
                 ) from None
             if kernel.python:
                 setup = conversation.run(PY_SETUP, START_TIMEOUT_S, OutputCollector(), silent=True)
@@ -168,15 +163,13 @@ class JupyterSession(KernelSession[_Kernel]):
                 f"Could not start the Jupyter kernel {name!r}: {exc}. "
                 f"Check that `jupyter console --kernel {name}` works."
             ) from exc
+        self._kernel = kernel
         return kernel
 
     def _discard_kernel(self) -> None:
         if self._kernel is not None:
             self._kernel.stop(ask=False)
             self._kernel = None
-
-    def _reset_kernel(self) -> None:
-        self._discard_kernel()
 
     def _shutdown(self) -> None:
         if self._kernel is not None:

@@ -27,11 +27,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@
 
 
 class KernelLost(Exception):
-    """The kernel, or the way to it, is gone; `cause` says why, for `Execution.lost`."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
+    """The kernel, or the way to it, is gone; the message says why, for `Execution.lost`."""
 
 
 class KernelTransport(Protocol):
@@ -58,11 +54,6 @@ class KernelTransport(Protocol):
         """Why the kernel is gone, or None while it seems alive; asked after a quiet poll, the
         kernel having said nothing about our request for `silent_s`."""
         ...
-
-
-def parent_id(msg: Message) -> str | None:
-    parent = msg.get("parent_header") or {}
-    return parent.get("msg_id") or None
 
 
 def kernel_error(content: dict[str, Any]) -> Error:
@@ -119,7 +110,7 @@ class KernelConversation:
             quiet = True
             for msg in self.transport.receive(POLL_S):
                 quiet = False
-                if (kinds := asked.get(parent_id(msg) or "")) is not None:
+                if (kinds := asked.get(msg["parent_header"].get("msg_id", ""))) is not None:
                     kinds.add(kind := msg["msg_type"])
                     heard_at = now
                     replied_at = replied_at or (now if kind == "kernel_info_reply" else 0.0)
@@ -164,7 +155,7 @@ class KernelConversation:
                 quiet = True
                 for msg in self.transport.receive(min(POLL_S, deadline - now)):
                     quiet = False
-                    if parent_id(msg) != msg_id:
+                    if msg["parent_header"].get("msg_id") != msg_id:
                         continue  # an earlier request's leftovers, e.g. of a timed-out cell
                     kind, body = msg["msg_type"], msg["content"]
                     heard_at = now
@@ -179,7 +170,7 @@ class KernelConversation:
                 if quiet and (cause := self.transport.death_cause(now - heard_at)) is not None:
                     raise KernelLost(cause)
         except KernelLost as lost:
-            return self._lose(out, error, lost.cause, timed_out=interrupted)
+            return self._lose(out, error, str(lost), timed_out=interrupted)
         return out.finish(error=error, execution_count=count, timed_out=interrupted)
 
     def _lose(

@@ -51,12 +51,12 @@ class KernelSession(ABC, Generic[K]):
         """The kernel's state is lost: the next `_connect` must not reuse it as it is."""
 
     @abstractmethod
-    def _reset_kernel(self) -> None:
-        """Before `restart()` connects again: make sure that gives fresh state."""
-
-    @abstractmethod
     def _shutdown(self) -> None:
         """Stop the kernel and remove what the session owns (once, from `close()`)."""
+
+    def _reset_kernel(self) -> None:
+        """Before `restart()` connects again: make sure that gives fresh state."""
+        self._discard_kernel()
 
     @property
     def state(self) -> SessionState:
