@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "code-first": {"code_first": True},
     "code-first-no-hint": {"code_first": True, "error_hint": False},
     "code-first-no-files": {"code_first": True, "show_files": False},
+    "fix-first": {"fix_first": True},
 }
 
 
@@ -66,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                 "solved": sorted(r.task_id for r in results if r.solved),
                 "results": [r.to_dict() for r in results],
             }
-            print(f"{name:15} {s['solved']}/{s['tasks']} solved, {s['errors']} errors, "
-                  f"{s['format_failures']} format failures, {wall:.0f} s wall", flush=True)
+            print(
+                f"{name:15} {s['solved']}/{s['tasks']} solved, {s['errors']} errors, "
+                f"{s['format_failures']} format failures, {wall:.0f} s wall",
+                flush=True,
+            )
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -220,3 +220,20 @@ def test_code_first_constrains_only_the_first_reply_of_a_turn(session: Session) 
     model = ScriptedModel(["```python\n1\n```", "It is 1."])
     run(Interpreter(model, session, constrain=True, code_first=True), "one?")
     assert [c["grammar"] for c in model.calls] == [CODE_FIRST_GRAMMAR, MARKDOWN_GRAMMAR]
+
+
+def test_fix_first_makes_the_reply_after_a_failed_cell_open_with_code(session: Session) -> None:
+    from codeinterp.agent.protocols import CODE_FIRST_GRAMMAR, MARKDOWN_GRAMMAR
+
+    replies = ["```python\n1 / 0\n```", "```python\n1 / 1\n```", "It is 1.0."]
+    model = ScriptedModel(replies)
+    run(Interpreter(model, session, constrain=True, code_first=False, fix_first=True), "one?")
+    # After the ZeroDivisionError: code; after the cell that worked: free again.
+    assert [c["grammar"] for c in model.calls] == [
+        MARKDOWN_GRAMMAR,
+        CODE_FIRST_GRAMMAR,
+        MARKDOWN_GRAMMAR,
+    ]
+    plain = ScriptedModel(replies[:1] + ["Division by zero."])
+    run(Interpreter(plain, session, constrain=True, code_first=False), "one?")  # off by default
+    assert [c["grammar"] for c in plain.calls] == [MARKDOWN_GRAMMAR, MARKDOWN_GRAMMAR]

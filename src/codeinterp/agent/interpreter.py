@@ -68,6 +68,7 @@ class Interpreter:
         show_files: bool = False,
         error_hint: bool = False,
         code_first: bool = True,
+        fix_first: bool = False,
     ) -> None:
         self.model = model
         self.session = session
@@ -83,6 +84,8 @@ class Interpreter:
         self.show_files = show_files  # tell the model which files the workspace holds
         self.error_hint = error_hint  # after an error, ask for fixed code, not an explanation
         self.code_first = code_first  # with a grammar: each turn's first reply opens with code
+        self.fix_first = fix_first  # with a grammar: a reply after a failed cell opens with code
+        self._last_cell_failed = False
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
         self._interrupted = threading.Event()
@@ -121,6 +124,7 @@ class Interpreter:
         else:
             self.messages.append(Message(role="user", content=text))
         answer = ""
+        self._last_cell_failed = False
         for round_ in range(1, self.max_rounds + 1):
             if self._interrupted.is_set():  # stopped before this round: do not ask the model
                 yield Finished("interrupted", answer, round_)
@@ -147,7 +151,8 @@ class Interpreter:
         watcher = CodeWatcher()
         usage: Usage | None = None
         grammar = MARKDOWN_GRAMMAR if self.constrain else None
-        if self.constrain and self.code_first and round_ == 1:
+        code_now = (self.code_first and round_ == 1) or (self.fix_first and self._last_cell_failed)
+        if self.constrain and code_now:
             grammar = CODE_FIRST_GRAMMAR
         stream = self.model.stream(
             self.messages, grammar=grammar, temperature=self.temperature, **self.model_options
@@ -175,6 +180,7 @@ class Interpreter:
             yield RoundDone(round_, usage)
             return "answered", watcher.prose
         execution = yield from self._run(watcher.code, round_)
+        self._last_cell_failed = bool(execution.error or execution.lost or execution.timed_out)
         rendered, note = self._render(execution)
         images = tuple(execution.images()) if self.model.supports_images else ()
         self.messages.append(results_message(rendered, images, note))
