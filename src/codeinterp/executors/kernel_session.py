@@ -1,9 +1,9 @@
 """The lifecycle of a session on a Jupyter kernel, wherever the kernel runs.
 
-One cell at a time (a second one is refused: `SessionBusy`); a kernel whose state was lost is
-set aside and the next cell gets a fresh one; `restart()` and `close()` end a running cell
-within `POLL_S` and say so in its `Execution.lost`. A backend supplies the kernel (its
-`KernelTransport`) and says how to start, discard, reset and shut one down.
+One cell at a time (another is refused: `SessionBusy`); a kernel whose state was lost is set
+aside and the next cell gets a fresh one; `restart()` and `close()` end a running cell within
+`POLL_S`, saying so in its `Execution.lost`. A backend supplies the kernel (a `KernelTransport`)
+and says how to start, discard and shut one down.
 """
 
 from __future__ import annotations
