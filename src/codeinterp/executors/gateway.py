@@ -83,13 +83,12 @@ class _RemoteKernel:
         self.starting = True  # while set up, statuses saying it (re)starts are no loss
         self._probed_at = 0.0
 
-    @property
-    def connected(self) -> bool:
-        return self.ws is not None and self._reader.is_alive()
-
-    def connect(self) -> None:
+    def connect(self) -> bool:
+        """Open the websocket unless it is open; True if it was (re)opened."""
         import websocket
 
+        if self.ws is not None and self._reader.is_alive():
+            return False
         self.disconnect()
         url = f"{self.gateway.ws_url}/api/kernels/{self.id}/channels?session_id={self._session_id}"
         try:
@@ -107,6 +106,7 @@ class _RemoteKernel:
         self.ws, self._queue, self.ended, self.gone = ws, queue.Queue(), False, False
         self._reader = threading.Thread(target=_read, args=(ws, self._queue), daemon=True)
         self._reader.start()
+        return True
 
     def disconnect(self) -> None:
         ws, self.ws = self.ws, None
@@ -156,10 +156,13 @@ class _RemoteKernel:
                 self._loss(self._queue.get_nowait())
 
     def _loss(self, msg: Message | None) -> str | None:
+        """Why the kernel's state is gone, if `msg` (None: the connection's end) says so."""
         if msg is None:
             self.ended = True
             return DISCONNECTED
-        why = _lost(msg)
+        if msg["msg_type"] != "status" or msg["parent_header"].get("msg_id"):
+            return None
+        why = _LOST_STATES.get(str(msg["content"].get("execution_state")))
         self.gone = self.gone or why == GONE
         return None if self.starting and why != GONE else why
 
@@ -225,8 +228,7 @@ class GatewaySession(KernelSession[_RemoteKernel]):
             kernel_id = str(self._ex.http("POST", "/api/kernels", body)["id"])
             self._kernel = _RemoteKernel(self._ex, kernel_id, self.id)
         kernel = self._kernel
-        if not kernel.connected:  # the connection ended; the kernel may live on
-            kernel.connect()
+        if kernel.connect():  # a new kernel, or the connection ended (the kernel may live on)
             self._prepared = False
         if not self._prepared:
             self._prepare(kernel)
@@ -309,13 +311,6 @@ def _read(ws: Any, into: queue.Queue[Message | None]) -> None:
         pass
     finally:
         into.put(None)
-
-
-def _lost(msg: dict[str, Any]) -> str | None:
-    """Why the kernel's state is gone, if `msg` is the gateway saying so."""
-    if msg["msg_type"] != "status" or msg["parent_header"].get("msg_id"):
-        return None
-    return _LOST_STATES.get(str(msg["content"].get("execution_state")))
 
 
 class GatewayExecutor(SessionTracker):

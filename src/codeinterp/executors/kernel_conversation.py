@@ -146,7 +146,8 @@ class KernelConversation:
             while not (idle and replied):
                 now = time.monotonic()
                 if (reason := self._stop_reason()) is not None:
-                    return self._lose(out, error, reason, timed_out=False)
+                    interrupted = False  # the session ends the cell, not its time limit
+                    raise KernelLost(reason)
                 if now >= deadline and not interrupted:
                     self.transport.interrupt()
                     deadline, interrupted = now + self._grace_s, True
@@ -170,11 +171,6 @@ class KernelConversation:
                 if quiet and (cause := self.transport.death_cause(now - heard_at)) is not None:
                     raise KernelLost(cause)
         except KernelLost as lost:
-            return self._lose(out, error, str(lost), timed_out=interrupted)
+            self._on_lost()
+            return out.finish(error=error, timed_out=interrupted, lost=str(lost))
         return out.finish(error=error, execution_count=count, timed_out=interrupted)
-
-    def _lose(
-        self, out: OutputCollector, error: Error | None, lost: str, timed_out: bool
-    ) -> Execution:
-        self._on_lost()
-        return out.finish(error=error, timed_out=timed_out, lost=lost)
