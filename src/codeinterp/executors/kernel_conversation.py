@@ -97,8 +97,8 @@ class KernelConversation:
     def handshake(self, timeout_s: float) -> None:
         """Until a kernel_info reply *and* its iopub status came: the kernel answers, and our
         iopub subscription is live. Raises KernelLost, or TimeoutError after `timeout_s`."""
-        deadline = heard_at = time.monotonic()
-        deadline += timeout_s
+        heard_at = time.monotonic()
+        deadline = heard_at + timeout_s
         asked: dict[str, set[str]] = {}  # msg_id: the kinds of message that answered it
         asked_at = replied_at = 0.0
         while not any({"kernel_info_reply", "status"} <= kinds for kinds in asked.values()):
