@@ -156,6 +156,27 @@ def test_limits_read_back_and_remove_leaves_nothing(support: CgroupSupport) -> N
     cg.remove()  # idempotent
 
 
+def test_a_leftover_group_of_a_dead_process_with_our_pid_is_replaced(
+    support: CgroupSupport, procs: Procs
+) -> None:
+    """A supervisor killed with SIGKILL leaves its groups; a later process given the same pid
+    (pids are reused) must still open sessions under the same names."""
+    need(support, "pids")
+    first = SessionCgroup.create("reused", CgroupLimits(pids_max=20), support)
+    first.removed = True  # as if its process had died without cleaning up
+    second = SessionCgroup.create("reused", CgroupLimits(pids_max=30), support)
+    try:
+        assert second.paths == first.paths
+        assert second.limits_read_back()["pids.max"] == "30"
+        busy = python_in(second, procs, "import time; time.sleep(60)")
+        with pytest.raises(CgroupError, match="holds processes"):
+            SessionCgroup.create("reused", CgroupLimits(pids_max=20), support)
+        assert second.pids() == [busy.pid]  # a live group is never taken over
+    finally:
+        second.remove()
+    assert not any(p.exists() for p in second.paths)
+
+
 def test_memory_limit_oom_kills_inside_the_group(support: CgroupSupport, procs: Procs) -> None:
     need(support, "memory")
     with SessionCgroup.create("oom", CgroupLimits(memory_bytes=64 * MiB), support) as cg:

@@ -183,6 +183,18 @@ def _prepare_v2(base: Path, controllers: list[str], move_self: Path | None) -> N
             _write(parent / "cgroup.subtree_control", f"+{c}")
 
 
+def _clear_leftover(path: Path) -> None:
+    """Remove a group named like ours: a process that had our pid before us was killed before
+    it could clean up (pids are reused). One with processes inside is not ours to take."""
+    inside = _read(path / "cgroup.procs").split()
+    if inside:
+        raise CgroupError(
+            f"cgroup {path} already exists and holds processes {', '.join(inside)}; it is not "
+            "this process's: remove it (after ending those processes) or use another hierarchy"
+        )
+    path.rmdir()
+
+
 class SessionCgroup:
     """One session's group(s): one per controller (and the freezer) on v1, a single one on v2."""
 
@@ -223,6 +235,8 @@ class SessionCgroup:
                     try:
                         path.mkdir()
                         break
+                    except FileExistsError:
+                        _clear_leftover(path)  # then try again
                     except FileNotFoundError:
                         if attempt == 4:
                             raise
