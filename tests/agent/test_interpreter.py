@@ -227,7 +227,7 @@ def test_fix_first_makes_the_reply_after_a_failed_cell_open_with_code(session: S
 
     replies = ["```python\n1 / 0\n```", "```python\n1 / 1\n```", "It is 1.0."]
     model = ScriptedModel(replies)
-    run(Interpreter(model, session, constrain=True, code_first=False, fix_first=True), "one?")
+    run(Interpreter(model, session, constrain=True, code_first=False), "one?")  # on by default
     # After the ZeroDivisionError: code; after the cell that worked: free again.
     assert [c["grammar"] for c in model.calls] == [
         MARKDOWN_GRAMMAR,
@@ -235,5 +235,5 @@ def test_fix_first_makes_the_reply_after_a_failed_cell_open_with_code(session: S
         MARKDOWN_GRAMMAR,
     ]
     plain = ScriptedModel(replies[:1] + ["Division by zero."])
-    run(Interpreter(plain, session, constrain=True, code_first=False), "one?")  # off by default
+    run(Interpreter(plain, session, constrain=True, code_first=False, fix_first=False), "one?")
     assert [c["grammar"] for c in plain.calls] == [MARKDOWN_GRAMMAR, MARKDOWN_GRAMMAR]

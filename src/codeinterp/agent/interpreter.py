@@ -68,7 +68,7 @@ class Interpreter:
         show_files: bool = False,
         error_hint: bool = False,
         code_first: bool = True,
-        fix_first: bool = False,
+        fix_first: bool = True,
     ) -> None:
         self.model = model
         self.session = session
