@@ -28,6 +28,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "code-first-no-hint": {"code_first": True, "error_hint": False},
     "code-first-no-files": {"code_first": True, "show_files": False},
     "fix-first": {"fix_first": True},
+    "grammar-first": {"prefill": False},  # code/fix first forced by a grammar
+    "prefill": {"prefill": True},  # ... by writing the opening fence; grammar on other replies
+    "prefill-free": {"prefill": True, "constrain": False},  # ... and no grammar at all
 }
 
 

@@ -202,6 +202,7 @@ class TimedModel:
         self.supports_tools = model.supports_tools
         self.supports_images = model.supports_images
         self.supports_grammar = model.supports_grammar
+        self.supports_prefill = model.supports_prefill
         self.records: list[StreamRecord] = []
         # Called once a stream is closed, before the loop goes on (see `measure_kv_reuse`).
         self.after_stream: Callable[[StreamRecord], None] | None = None

@@ -17,6 +17,7 @@ from codeinterp.agent import (
 from codeinterp.executors import Session
 from codeinterp.models.base import ToolCall
 from codeinterp.models.scripted import ScriptedModel
+from codeinterp.outputs import Stream
 
 
 def run(interpreter: Interpreter, text: str) -> list[Event]:
@@ -237,3 +238,32 @@ def test_fix_first_makes_the_reply_after_a_failed_cell_open_with_code(session: S
     plain = ScriptedModel(replies[:1] + ["Division by zero."])
     run(Interpreter(plain, session, constrain=True, code_first=False, fix_first=False), "one?")
     assert [c["grammar"] for c in plain.calls] == [MARKDOWN_GRAMMAR, MARKDOWN_GRAMMAR]
+
+
+def test_a_prefilling_model_is_handed_the_opening_fence_instead_of_a_grammar(
+    session: Session,
+) -> None:
+    """Code first and fix first without a grammar: the loop writes "```python" for the model,
+    which continues it; the reply, as shown and as kept in the history, is whole."""
+    model = ScriptedModel(
+        ["print(6 * 7)\n```", "```python\n1 / 0\n```", "print(42)\n```", "It is 42."],
+        supports_prefill=True,
+    )
+    events = run(Interpreter(model, session, constrain=False), "six times seven?")
+    prefills = [c.get("prefill") for c in model.calls]
+    # Round 1: code first; round 2 follows a cell that worked; round 3 follows the error.
+    assert prefills == ["```python\n", None, "```python\n", None]
+    assert all(c["grammar"] is None for c in model.calls)
+    shown = "".join(e.text for e in events if isinstance(e, TextDelta) and e.round == 1)
+    assert shown == "```python\nprint(6 * 7)\n```"
+    assert model.prompts[1][2].content == "```python\nprint(6 * 7)\n```"
+    outputs = [e.output for e in events if isinstance(e, OutputEvent)]
+    assert [o.text for o in outputs if isinstance(o, Stream)] == ["42\n", "42\n"]
+    last = finished(events)
+    assert (last.stop_reason, last.answer, last.rounds) == ("answered", "It is 42.", 4)
+
+
+def test_prefill_is_used_only_where_the_model_supports_it(session: Session) -> None:
+    model = ScriptedModel(["```python\n1\n```", "One."])
+    run(Interpreter(model, session, constrain=False, prefill=True), "one?")
+    assert [c.get("prefill") for c in model.calls] == [None, None]

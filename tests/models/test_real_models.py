@@ -75,6 +75,16 @@ def test_kv_cache_serves_the_earlier_rounds_prompt(qwen: Model) -> None:
     assert usage.cached_tokens > usage.prompt_tokens // 2
 
 
+def test_a_prefilled_reply_is_continued_not_repeated(qwen: Model) -> None:
+    """The loop writes a reply's opening fence; the model goes on with the code after it."""
+    messages = [Message("user", "Write Python that prints the sum of 2 and 3.")]
+    deltas = list(qwen.stream(messages, prefill="```python\n", max_tokens=40, stop=["\n```"]))
+    text = "".join(d.text for d in deltas)
+    assert not text.lstrip().startswith("```"), text
+    assert "print" in text, text
+    compile(text, "<continued>", "exec")  # valid Python on its own
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

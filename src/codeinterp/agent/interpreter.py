@@ -27,6 +27,7 @@ from codeinterp.agent.packages import PackageInstaller
 from codeinterp.agent.prompts import default_system_prompt
 from codeinterp.agent.protocols import (
     CODE_FIRST_GRAMMAR,
+    CODE_OPENING,
     MARKDOWN_GRAMMAR,
     PYTHON_TOOL,
     CodeWatcher,
@@ -69,6 +70,7 @@ class Interpreter:
         error_hint: bool = False,
         code_first: bool = True,
         fix_first: bool = True,
+        prefill: bool | None = None,
     ) -> None:
         self.model = model
         self.session = session
@@ -85,6 +87,10 @@ class Interpreter:
         self.error_hint = error_hint  # after an error, ask for fixed code, not an explanation
         self.code_first = code_first  # with a grammar: each turn's first reply opens with code
         self.fix_first = fix_first  # with a grammar: a reply after a failed cell opens with code
+        # Code first / fix first by writing the reply's opening fence for the model (free),
+        # rather than by a grammar (which doubles llama.cpp's time per token).
+        model_prefills = getattr(model, "supports_prefill", False)
+        self.prefill = model_prefills if prefill is None else prefill and model_prefills
         self._last_cell_failed = False
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
@@ -151,11 +157,17 @@ class Interpreter:
         watcher = CodeWatcher()
         usage: Usage | None = None
         grammar = MARKDOWN_GRAMMAR if self.constrain else None
+        options = dict(self.model_options)
         code_now = (self.code_first and round_ == 1) or (self.fix_first and self._last_cell_failed)
-        if self.constrain and code_now:
+        if code_now and self.prefill:
+            grammar = None  # the markdown grammar cannot start inside a block; none is needed
+            options["prefill"] = CODE_OPENING
+            watcher.feed(CODE_OPENING)
+            yield TextDelta(CODE_OPENING, round_)
+        elif code_now and self.constrain:
             grammar = CODE_FIRST_GRAMMAR
         stream = self.model.stream(
-            self.messages, grammar=grammar, temperature=self.temperature, **self.model_options
+            self.messages, grammar=grammar, temperature=self.temperature, **options
         )
         try:
             for delta in stream:

@@ -44,6 +44,7 @@ rest  ::= [^\x00]*
 """
 # The first reply of a turn starts with its code block: a small model may not answer from its
 # head (it does, confidently and wrongly, when allowed), and writes far fewer tokens.
+CODE_OPENING = "```python\n"  # how a reply that must open with code begins
 CODE_FIRST_GRAMMAR = r"""
 root  ::= "```python\n" code "\n```" rest
 code  ::= ( [^`] | "`" [^`] | "``" [^`] )+

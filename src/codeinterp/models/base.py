@@ -64,6 +64,9 @@ class Model(Protocol):
     """Images in messages are seen (else the loop sends placeholders)."""
     supports_grammar: bool
     """A GBNF grammar can constrain what it writes (llama.cpp)."""
+    supports_prefill: bool
+    """`stream(..., prefill=TEXT)` makes the reply start with TEXT, which the model continues
+    (not repeated in the stream). Free where the prompt is ours to write (llama.cpp)."""
 
     def stream(
         self,

@@ -39,6 +39,7 @@ class LlamaCppModel:
     supports_tools = False
     supports_images = False
     supports_grammar = True
+    supports_prefill = True
 
     def __init__(
         self,
@@ -97,6 +98,7 @@ class LlamaCppModel:
                 "use the markdown protocol (`--protocol markdown`)."
             )
         prompt, template_stop = self.prompt(messages)
+        prompt += str(options.get("prefill") or "")  # the reply's start, continued by the model
         with self._lock:
             tokens = self._llm.tokenize(prompt.encode("utf-8"), special=True)
             evaluated = self._llm.input_ids[: self._llm.n_tokens].tolist()  # what the cache holds

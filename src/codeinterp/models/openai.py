@@ -51,6 +51,7 @@ def to_wire(message: Message, *, images: bool) -> dict[str, Any]:
 
 class OpenAIModel:
     supports_grammar = False
+    supports_prefill = False
 
     def __init__(
         self,

@@ -25,10 +25,16 @@ class ScriptedModel:
     supports_grammar = False
 
     def __init__(
-        self, replies: Iterable[str | ToolCall | Delta] | str, *, chunk_chars: int = 8
+        self,
+        replies: Iterable[str | ToolCall | Delta] | str,
+        *,
+        chunk_chars: int = 8,
+        supports_prefill: bool = False,
     ) -> None:
         """`replies` in order; or, from the command line (`--model scripted:FILE`), the path of
-        a JSON file holding a list of reply strings."""
+        a JSON file holding a list of reply strings. With `supports_prefill`, a reply that starts
+        with the `prefill` it is asked to continue is streamed without it, as a model would."""
+        self.supports_prefill = supports_prefill
         if isinstance(replies, str):
             replies = _load(replies)
         self.replies = list(replies)
@@ -59,6 +65,9 @@ class ScriptedModel:
         if isinstance(reply, ToolCall):
             yield Delta(tool_calls=(reply,), finish_reason="tool_calls")
             return
+        prefill = str(options.get("prefill") or "")
+        if self.supports_prefill and prefill and reply.startswith(prefill):
+            reply = reply[len(prefill) :]
         text, finish = _apply_stop(reply, stop or [])
         for i in range(0, len(text), self.chunk_chars):
             yield Delta(text=text[i : i + self.chunk_chars])

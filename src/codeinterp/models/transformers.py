@@ -81,6 +81,7 @@ class TransformersModel:
     supports_tools = False
     supports_images = False
     supports_grammar = False
+    supports_prefill = False
 
     def __init__(
         self,

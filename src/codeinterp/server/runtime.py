@@ -52,6 +52,7 @@ class LockedModel:
         self.supports_tools = model.supports_tools
         self.supports_images = model.supports_images
         self.supports_grammar = model.supports_grammar
+        self.supports_prefill = getattr(model, "supports_prefill", False)
 
     def stream(
         self,
