@@ -78,19 +78,22 @@ class Interpreter:
         self.max_rounds = max_rounds
         self.result_max_chars = result_max_chars
         self.cell_timeout_s = cell_timeout_s
-        # Constrained decoding by default wherever the model supports it (small local models).
-        self.constrain = model.supports_grammar if constrain is None else constrain
         self.temperature = temperature
         self.model_options = dict(model_options or {})  # passed to every model.stream()
         self.installer = installer  # installs allowed missing packages (off by default)
         self.show_files = show_files  # tell the model which files the workspace holds
         self.error_hint = error_hint  # after an error, ask for fixed code, not an explanation
-        self.code_first = code_first  # with a grammar: each turn's first reply opens with code
-        self.fix_first = fix_first  # with a grammar: a reply after a failed cell opens with code
+        self.code_first = code_first  # each turn's first reply opens with code (prefill/grammar)
+        self.fix_first = fix_first  # so does a reply after a failed cell (prefill/grammar)
         # Code first / fix first by writing the reply's opening fence for the model (free),
         # rather than by a grammar (which doubles llama.cpp's time per token).
         model_prefills = getattr(model, "supports_prefill", False)
         self.prefill = model_prefills if prefill is None else prefill and model_prefills
+        # A grammar only where prefill cannot force code: with it, the 0.5B model solved the
+        # same tasks, and generation is slower (bench/eval_variants.py, README "Evaluation").
+        if constrain is None:
+            constrain = model.supports_grammar and not self.prefill
+        self.constrain = constrain
         self._last_cell_failed = False
         prompt = default_system_prompt(protocol) if system_prompt is None else system_prompt
         self.messages: list[Message] = [Message(role="system", content=prompt)]
