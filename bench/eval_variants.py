@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grammar-first": {"prefill": False},  # code/fix first forced by a grammar
     "prefill": {"prefill": True},  # ... by writing the opening fence; grammar on other replies
     "prefill-free": {"prefill": True, "constrain": False},  # ... and no grammar at all
+    "error-hint": {"error_hint": True},
+    "files": {"show_files": True},
 }
 
 
