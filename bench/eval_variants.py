@@ -1,7 +1,9 @@
 """Which loop settings help the embedded model: the bundled suite under named variants.
 
-Each variant switches one thing of the loop (what the model is shown, how results and errors
-come back, constrained decoding) so that every default can be backed by a measured gain.
+Every variant spells out all the loop settings it measures, so it means the same thing after a
+default changes; they are the rows of the README's "Evaluation" table, in its order:
+naive, grammar, code-first, code-first-no-hint, code-first-no-files, grammar-code-first,
+fix-first, prefill, ours (the defaults), error-hint, files.
 Run: python -m bench.eval_variants --variants ours,naive --model qwen-0.5b --jobs 2
 """
 
@@ -18,22 +20,33 @@ from codeinterp.evaluation.tasks import load_tasks
 from codeinterp.executors import get_executor
 from codeinterp.models import get_model
 
+# The seed-style loop: free decoding, nothing forced, nothing added to prompts or results.
+NAIVE: dict[str, Any] = {
+    "constrain": False,
+    "prefill": False,
+    "code_first": False,
+    "fix_first": False,
+    "show_files": False,
+    "error_hint": False,
+}
+# The first session's defaults: code first forced by a grammar, no hint, no listing.
+GRAMMAR_CODE_FIRST = NAIVE | {"constrain": True, "code_first": True}
+FIX_FIRST = GRAMMAR_CODE_FIRST | {"fix_first": True}
+
 VARIANTS: dict[str, dict[str, Any]] = {
-    "ours": {},
-    "naive": {"show_files": False, "error_hint": False, "constrain": False},
-    "no-files": {"show_files": False},
-    "no-error-hint": {"error_hint": False},
-    "no-grammar": {"constrain": False},
-    "code-first": {"code_first": True},
-    "code-first-no-hint": {"code_first": True, "error_hint": False},
-    "code-first-no-files": {"code_first": True, "show_files": False},
-    "fix-first": {"fix_first": True},
-    "grammar-first": {"prefill": False},  # code/fix first forced by a grammar
-    "prefill": {"prefill": True},  # ... by writing the opening fence; grammar on other replies
-    "prefill-free": {"prefill": True, "constrain": False},  # ... and no grammar at all
+    "naive": NAIVE,
+    "grammar": NAIVE | {"constrain": True, "show_files": True, "error_hint": True},
+    "code-first": NAIVE | {"constrain": True, "code_first": True, "show_files": True,
+                           "error_hint": True},
+    "code-first-no-hint": NAIVE | {"constrain": True, "code_first": True, "show_files": True},
+    "code-first-no-files": NAIVE | {"constrain": True, "code_first": True, "error_hint": True},
+    "grammar-code-first": GRAMMAR_CODE_FIRST,
+    "fix-first": FIX_FIRST,
+    "prefill": FIX_FIRST | {"prefill": True},  # code forced by prefill; grammar on other replies
+    "ours": {},  # the defaults: prefill, code first, fix first, no grammar, no hint, no listing
     "error-hint": {"error_hint": True},
     "files": {"show_files": True},
-}
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
