@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -197,15 +198,15 @@ def test_a_version_1_database_is_migrated_on_open(tmp_path: Path) -> None:
 
 def test_stores_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
     """The server and `codeinterp export` may both be first: each has its own connection."""
-    errors: list[BaseException] = []
+    errors: list[str] = []
 
     def open_store(path: Path) -> None:
         try:
             Store(path).close()
-        except BaseException as exc:
-            errors.append(exc)
+        except BaseException:
+            errors.append(traceback.format_exc())  # where it failed, should it fail again
 
-    for attempt in range(30):
+    for attempt in range(60):
         path = tmp_path / f"{attempt}.db"
         threads = [threading.Thread(target=open_store, args=(path,)) for _ in range(4)]
         for t in threads:

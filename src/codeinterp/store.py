@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,7 +117,11 @@ class Store:
         # isolation_level=None: no implicit transactions; `_transaction` opens them explicitly.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout=10000")  # another process (export) may hold it
-        self._use_wal()
+        self._retry_while_locked(self._prepare)
+
+    def _prepare(self) -> None:
+        """WAL, pragmas, and the migrations this file lacks; safe to run again after a failure."""
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # see the module docstring
         self._db.execute("PRAGMA foreign_keys=ON")
         version = int(self._query("PRAGMA user_version")[0][0])
@@ -138,17 +142,20 @@ class Store:
                     raise
                 # else another process opening the same file applied this step first
 
-    def _use_wal(self) -> None:
-        """Switch to WAL, retrying: SQLite answers "locked" at once, without waiting on the busy
-        timeout, when another connection opening the same new file holds it at that moment."""
+    def _retry_while_locked(self, step: Callable[[], None]) -> None:
+        """Run `step`, again while SQLite says "locked". While several connections open the same
+        new file, SQLite may answer "locked" at once, without waiting on the busy timeout: at the
+        switch to WAL, and (CI saw it once in ~300 opens after that switch was retried) later in
+        the opening. Each try starts over, so a step another connection did first is fine."""
         deadline = time.monotonic() + 10
         while True:
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
+                return step()
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 time.sleep(0.01)
 
     @contextlib.contextmanager
