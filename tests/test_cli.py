@@ -142,6 +142,16 @@ def test_run_prints_the_event_stream_as_json(tmp_path: Path) -> None:
     assert events[-1]["answer"] == "The answer is 42."
 
 
+def test_run_piped_keeps_prose_and_results_on_lines_of_their_own(tmp_path: Path) -> None:
+    model = _replies(tmp_path, "Let me compute.\n```python\nprint(6 * 7)\n```", "It is 42.")
+    done = run("run", "six times seven?", "--model", model)
+    assert done.returncode == 0, done.stderr
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    assert "42" in lines  # the result is not glued to the end of the code block
+    assert "It is 42." in lines
+    assert done.stdout.endswith("\n")
+
+
 def test_run_exits_1_when_the_model_never_answers(tmp_path: Path) -> None:
     model = _replies(tmp_path, "```python\n1\n```", "```python\n2\n```")
     done = run("run", "loop", "--model", model, "--max-rounds", "2", "--json")

@@ -73,6 +73,8 @@ class EventPrinter:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            if not self.console.is_terminal:  # rich ends a piped Live's text without a newline
+                self.console.line()
         self._text = ""
 
     def _output(self, event: OutputEvent) -> None:
