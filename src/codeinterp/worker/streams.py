@@ -14,8 +14,9 @@ from __future__ import annotations
 import codecs
 import io
 import os
+import re
+import secrets
 import threading
-import time
 from collections.abc import Callable
 
 from codeinterp.outputs import Output, Stream, StreamName
@@ -135,7 +136,13 @@ class Flusher:
 
 
 class FdCapture:
-    """Redirects a file descriptor (1 or 2) into an `EmitStream` through a pipe and a thread."""
+    """Redirects a file descriptor (1 or 2) into an `EmitStream` through a pipe and a thread.
+
+    `drain()` writes a numbered marker into the pipe and waits until the reader thread meets
+    it. On a loaded machine that wait may give up before the reader runs; its marker then
+    arrives during a later drain. Every marker of this capture is therefore cut out of the
+    output, whichever drain wrote it, and only the awaited one ends the wait.
+    """
 
     def __init__(self, fd: int, stream: EmitStream) -> None:
         self._fd = fd
@@ -145,9 +152,11 @@ class FdCapture:
         os.close(write_fd)
         self._read_fd = read_fd
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._marker = b""
+        # Markers start with a NUL byte and a token of this capture, so output never holds one.
+        self._marker_head = f"\0codeinterp-drain-{secrets.token_hex(6)}-".encode()
+        self._marker = re.compile(re.escape(self._marker_head) + rb"(\d+)\0")
+        self._awaited = 0  # the number of the marker `drain()` waits for
         self._marker_seen = threading.Event()
-        self._drain_count = 0
         self._thread = threading.Thread(target=self._run, name=f"codeinterp-fd{fd}", daemon=True)
         self._thread.start()
 
@@ -161,27 +170,31 @@ class FdCapture:
             if not chunk:
                 return
             pending += chunk
-            marker = self._marker
-            if marker and marker in pending:
-                before, _, pending = pending.partition(marker)
-                self._stream.write(self._decoder.decode(before))
-                self._marker_seen.set()
-            # Keep back a possible beginning of the drain marker (it starts with a NUL byte).
+            while found := self._marker.search(pending):
+                self._stream.write(self._decoder.decode(pending[: found.start()]))
+                pending = pending[found.end() :]
+                if int(found.group(1)) >= self._awaited:
+                    self._marker_seen.set()
+            # Keep back what may be the beginning of a marker still arriving.
             cut = pending.rfind(b"\0")
-            keep = pending[cut:] if cut >= 0 and marker.startswith(pending[cut:]) else b""
+            keep = pending[cut:] if cut >= 0 and self._may_begin_marker(pending[cut:]) else b""
             ready = pending[: len(pending) - len(keep)]
             pending = keep
             if ready:
                 self._stream.write(self._decoder.decode(ready))
 
-    def drain(self, timeout_s: float = 0.5) -> None:
+    def _may_begin_marker(self, tail: bytes) -> bool:
+        head = self._marker_head
+        if len(tail) <= len(head):
+            return head.startswith(tail)
+        return tail.startswith(head) and tail[len(head) :].isdigit() and len(tail) < len(head) + 20
+
+    def drain(self, timeout_s: float = 2.0) -> None:
         """Wait until everything written to the fd so far has reached the stream."""
-        self._drain_count += 1
-        self._marker = f"\0codeinterp-drain-{os.getpid()}-{self._drain_count}\0".encode()
+        self._awaited += 1
         self._marker_seen.clear()
-        deadline = time.monotonic() + timeout_s
         try:
-            os.write(self._fd, self._marker)
+            os.write(self._fd, self._marker_head + b"%d\0" % self._awaited)
         except OSError:
             return
-        self._marker_seen.wait(max(0.0, deadline - time.monotonic()))
+        self._marker_seen.wait(timeout_s)
