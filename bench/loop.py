@@ -322,7 +322,7 @@ class RoundSample:
 
     task: str
     round: int
-    ttft_s: float | None  # round start → first TextDelta
+    ttft_s: float | None  # round start → first TextDelta the model wrote (not the prefill)
     model_ttft_s: float | None  # stream request → first delta with text
     gen_s: float  # stream request → last delta
     decode_s: float | None  # first → last delta
@@ -350,8 +350,16 @@ def _event_times(trace: ChatTrace) -> dict[str, dict[int, float]]:
     times: dict[str, dict[int, float]] = {
         "start": {1: trace.start}, "text": {}, "code": {}, "executed": {}, "done": {}
     }  # fmt: skip
+    prefilled: set[int] = set()  # rounds whose opening the loop wrote itself, before the model
     for at, event in trace.events:
         if isinstance(event, TextDelta):
+            if event.round not in times["text"] and event.round not in prefilled:
+                stream = (
+                    trace.streams[event.round - 1] if event.round <= len(trace.streams) else None
+                )
+                if stream is not None and event.text == stream.options.get("prefill"):
+                    prefilled.add(event.round)  # not the model's first token: don't time it
+                    continue
             times["text"].setdefault(event.round, at)
         elif isinstance(event, CodeBlock):
             times["code"][event.round] = at
@@ -776,8 +784,8 @@ def kv_table(samples: list[KvSample]) -> str:
     reused = max((s.cold_cached_tokens for s in samples), default=0)
     stale = max((s.cold_cached_as_reported for s in samples), default=0)
     notes = [
-        f"the loop's TTFT (round start → first TextDelta) adds a median {_ms(_median(added))} ms "
-        "to the model's (request → first token).",
+        "the loop's TTFT (round start → the model's first TextDelta) adds a median "
+        f"{_ms(_median(added))} ms to the model's (request → first token).",
         f"after Llama.reset(): llama.cpp reused at most {reused} prompt tokens; "
         f"llamacpp.py's Usage.cached_tokens would have reported up to {stale}.",
     ]
