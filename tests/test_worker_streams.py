@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_drains_that_gave_up_leave_no_marker_in_the_output(captured: Captured) -
     for i in range(200):
         os.write(fd, b"line %d\n" % i)
         capture.drain(timeout_s=0)  # gives up at once, as when the reader is starved
-    capture.drain(timeout_s=10)
+    assert capture.drain(timeout_s=10)
     assert captured.text() == "".join(f"line {i}\n" for i in range(200))
 
 
@@ -55,3 +56,15 @@ def test_nul_bytes_and_marker_lookalikes_in_output_survive(captured: Captured) -
         os.write(fd, bytes([byte]))
     capture.drain(timeout_s=10)
     assert captured.text() == data.decode()
+
+
+def test_a_drain_still_works_when_user_code_re_points_the_descriptor(
+    captured: Captured, tmp_path: Path
+) -> None:
+    os.write(captured.fd, b"before\n")
+    target = tmp_path / "log.txt"
+    with target.open("wb") as log:
+        os.dup2(log.fileno(), captured.fd)  # as `os.dup2(f.fileno(), 1)` in a cell would
+    assert captured.capture.drain(timeout_s=10)  # its marker did not go astray into the file
+    assert captured.text() == "before\n"
+    assert target.read_bytes() == b""

@@ -149,7 +149,8 @@ class FdCapture:
         self._stream = stream  # writes go to the mux; .buffer is not used from this thread
         read_fd, write_fd = os.pipe()
         os.dup2(write_fd, fd)  # children inherit fd 1/2 and so write into our pipe
-        os.close(write_fd)
+        # Markers go through our own (close-on-exec) end: user code may re-point fd 1/2.
+        self._marker_fd = write_fd
         self._read_fd = read_fd
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # Markers start with a NUL byte and a token of this capture, so output never holds one.
@@ -189,12 +190,13 @@ class FdCapture:
             return head.startswith(tail)
         return tail.startswith(head) and tail[len(head) :].isdigit() and len(tail) < len(head) + 20
 
-    def drain(self, timeout_s: float = 2.0) -> None:
-        """Wait until everything written to the fd so far has reached the stream."""
+    def drain(self, timeout_s: float = 2.0) -> bool:
+        """Wait until everything written to the fd so far has reached the stream; False if
+        that did not happen within `timeout_s` (the rest then arrives with later output)."""
         self._awaited += 1
         self._marker_seen.clear()
         try:
-            os.write(self._fd, self._marker_head + b"%d\0" % self._awaited)
+            os.write(self._marker_fd, self._marker_head + b"%d\0" % self._awaited)
         except OSError:
-            return
-        self._marker_seen.wait(timeout_s)
+            return False
+        return self._marker_seen.wait(timeout_s)
