@@ -14,8 +14,6 @@ from __future__ import annotations
 import codecs
 import io
 import os
-import re
-import secrets
 import threading
 from collections.abc import Callable
 
@@ -154,8 +152,8 @@ class FdCapture:
         self._read_fd = read_fd
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         # Markers start with a NUL byte and a token of this capture, so output never holds one.
-        self._marker_head = f"\0codeinterp-drain-{secrets.token_hex(6)}-".encode()
-        self._marker = re.compile(re.escape(self._marker_head) + rb"(\d+)\0")
+        # (No regex and no `secrets`: each costs a session ~100 KiB of private memory.)
+        self._marker_head = f"\0codeinterp-drain-{os.urandom(6).hex()}-".encode()
         self._awaited = 0  # the number of the marker `drain()` waits for
         self._marker_seen = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"codeinterp-fd{fd}", daemon=True)
@@ -171,10 +169,14 @@ class FdCapture:
             if not chunk:
                 return
             pending += chunk
-            while found := self._marker.search(pending):
-                self._stream.write(self._decoder.decode(pending[: found.start()]))
-                pending = pending[found.end() :]
-                if int(found.group(1)) >= self._awaited:
+            while (start := pending.find(self._marker_head)) >= 0:
+                end = pending.find(b"\0", start + len(self._marker_head))
+                if end < 0:
+                    break  # the rest of the marker is still on its way
+                self._stream.write(self._decoder.decode(pending[:start]))
+                number = pending[start + len(self._marker_head) : end]
+                pending = pending[end + 1 :]
+                if number.isdigit() and int(number) >= self._awaited:
                     self._marker_seen.set()
             # Keep back what may be the beginning of a marker still arriving.
             cut = pending.rfind(b"\0")
