@@ -144,9 +144,9 @@ class Store:
 
     def _retry_while_locked(self, step: Callable[[], None]) -> None:
         """Run `step`, again while SQLite says "locked". While several connections open the same
-        new file, SQLite may answer "locked" at once, without waiting on the busy timeout: at the
-        switch to WAL, and (CI saw it once in ~300 opens after that switch was retried) later in
-        the opening. Each try starts over, so a step another connection did first is fine."""
+        new file, SQLite may answer "locked" at once, without waiting on the busy timeout (CI
+        saw it at the switch to WAL; SQLite does not promise it happens nowhere else), so the
+        whole opening is retried. Each try starts over: a step another connection did is fine."""
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -160,6 +160,7 @@ class FdCapture:
         self._thread.start()
 
     def _run(self) -> None:
+        head = self._marker_head
         pending = b""
         while True:
             try:
@@ -169,28 +170,21 @@ class FdCapture:
             if not chunk:
                 return
             pending += chunk
-            while (start := pending.find(self._marker_head)) >= 0:
-                end = pending.find(b"\0", start + len(self._marker_head))
+            while (start := pending.find(head)) >= 0:
+                end = pending.find(b"\0", start + len(head))
                 if end < 0:
-                    break  # the rest of the marker is still on its way
+                    break  # the rest of this marker is still on its way
                 self._stream.write(self._decoder.decode(pending[:start]))
-                number = pending[start + len(self._marker_head) : end]
+                number = pending[start + len(head) : end]
                 pending = pending[end + 1 :]
                 if number.isdigit() and int(number) >= self._awaited:
                     self._marker_seen.set()
-            # Keep back what may be the beginning of a marker still arriving.
-            cut = pending.rfind(b"\0")
-            keep = pending[cut:] if cut >= 0 and self._may_begin_marker(pending[cut:]) else b""
-            ready = pending[: len(pending) - len(keep)]
-            pending = keep
-            if ready:
-                self._stream.write(self._decoder.decode(ready))
-
-    def _may_begin_marker(self, tail: bytes) -> bool:
-        head = self._marker_head
-        if len(tail) <= len(head):
-            return head.startswith(tail)
-        return tail.startswith(head) and tail[len(head) :].isdigit() and len(tail) < len(head) + 20
+            if start < 0:  # hold back only what may be the beginning of a marker
+                cut = pending.rfind(b"\0")
+                start = cut if cut >= 0 and head.startswith(pending[cut:]) else len(pending)
+            if start:
+                self._stream.write(self._decoder.decode(pending[:start]))
+                pending = pending[start:]
 
     def drain(self, timeout_s: float = 2.0) -> bool:
         """Wait until everything written to the fd so far has reached the stream; False if
